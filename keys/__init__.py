@@ -1,0 +1,1 @@
+"""Key custody for a Comity node: keystore, signers, keyset issuing, pinned peers."""

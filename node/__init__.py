@@ -1,0 +1,1 @@
+"""The Comity node: API, web, services, storage, delivery and CLI."""

@@ -1,0 +1,111 @@
+"""Strict JSON: our own parse of every header and payload before a JOSE library sees it.
+
+Refused: invalid UTF-8, duplicate member names, NaN/Infinity, integers beyond I-JSON's
++-(2**53 - 1), nesting deeper than a cap, documents larger than a cap, and lone surrogates.
+``canonical`` is RFC 8785 (JCS), used wherever bytes must be reproduced.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import rfc8785
+
+from .errors import Category, ProtocolError
+
+MAX_DEPTH = 32
+MAX_SAFE_INTEGER = 2**53 - 1
+
+
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKeyError(key)
+        obj[key] = value
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_no_constant)
+
+
+def _check(value: Any, depth: int, max_depth: int) -> None:
+    if depth > max_depth:
+        raise ProtocolError(Category.MALFORMED, f"JSON nested deeper than {max_depth}")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_str(key)
+            if isinstance(item, (dict, list)):
+                _check(item, depth + 1, max_depth)
+            else:
+                _check_scalar(item)
+    elif isinstance(value, list):
+        for item in value:
+            if isinstance(item, (dict, list)):
+                _check(item, depth + 1, max_depth)
+            else:
+                _check_scalar(item)
+    else:
+        _check_scalar(value)
+
+
+def _check_str(value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ProtocolError(Category.MALFORMED, "JSON string holds a lone surrogate") from e
+
+
+def _check_scalar(value: Any) -> None:
+    if isinstance(value, str):
+        _check_str(value)
+    elif isinstance(value, bool) or value is None:
+        return
+    elif isinstance(value, int):
+        if abs(value) > MAX_SAFE_INTEGER:
+            raise ProtocolError(Category.MALFORMED, "JSON integer outside +-(2**53 - 1)")
+
+
+def parse_strict(data: bytes, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> Any:
+    """Parse ``data`` as strict I-JSON; raise ``ProtocolError(MALFORMED | TOO_LARGE)``."""
+    if len(data) > max_bytes:
+        raise ProtocolError(Category.TOO_LARGE, f"JSON document of {len(data)} bytes exceeds {max_bytes}")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ProtocolError(Category.MALFORMED, "JSON is not valid UTF-8") from e
+    try:
+        value = _DECODER.decode(text)
+    except _DuplicateKeyError as e:
+        raise ProtocolError(Category.MALFORMED, f"duplicate JSON member {str(e)!r:.40}") from e
+    except RecursionError as e:
+        raise ProtocolError(Category.MALFORMED, f"JSON nested deeper than {max_depth}") from e
+    except ValueError as e:
+        raise ProtocolError(Category.MALFORMED, f"not strict JSON: {e}") from e
+    _check(value, 1, max_depth)
+    return value
+
+
+def parse_object(data: bytes, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
+    """Parse strict JSON that must be an object."""
+    value = parse_strict(data, max_bytes=max_bytes, max_depth=max_depth)
+    if not isinstance(value, dict):
+        raise ProtocolError(Category.MALFORMED, "JSON document is not an object")
+    return value
+
+
+def canonical(value: Any) -> bytes:
+    """RFC 8785 (JCS) canonical bytes of ``value``."""
+    try:
+        return rfc8785.dumps(value)
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as e:
+        raise ProtocolError(Category.MALFORMED, f"cannot canonicalise: {e}") from e
