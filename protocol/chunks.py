@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from joserfc import jwe
 from joserfc.errors import JoseError
+from joserfc.jwk import OctKey
 
 from .errors import Category, ChunkError, ProtocolError
 from .jose import (
@@ -30,7 +31,7 @@ CHUNK_HEADER_NAMES = frozenset({"alg", "enc", "typ", "att", "seq", "last", "crit
 CHUNK_MAX_BYTES = (CHUNK_SIZE * 4 + 2) // 3 + 1024
 
 
-def _content_key(key: bytes) -> object:
+def _content_key(key: bytes) -> OctKey:
     if len(key) != 32:
         raise ChunkError(Category.BAD_CHUNK, "a content key is 32 bytes")
     return oct_key(key)
@@ -80,6 +81,8 @@ def read_chunk_header(token: bytes) -> tuple[int, int, bool]:
 def open_chunk(token: bytes, *, key: bytes, att: int, seq: int, chunks: int) -> bytes:
     """Decrypt a chunk expected at ``(att, seq)`` of an attachment of ``chunks`` chunks."""
     h_att, h_seq, h_last = read_chunk_header(token)
+    if not 0 <= seq < chunks:
+        raise ChunkError(Category.BAD_CHUNK, f"chunk {seq} is beyond an attachment of {chunks} chunks")
     if (h_att, h_seq) != (att, seq):
         raise ChunkError(Category.BAD_CHUNK, f"chunk says att {h_att} seq {h_seq}, expected {att}/{seq}")
     if h_last != (seq == chunks - 1):

@@ -24,6 +24,7 @@ from .jose import (
     ALG_ECDH,
     ENC_A256GCM,
     ENVELOPE_JWE_REGISTRY,
+    SignedCompact,
     Signer,
     b64d,
     check_algorithms,
@@ -324,6 +325,20 @@ def _open(
         raise EnvelopeError(Category.REVOKED_KEY, f"signing key {signed.kid} of {iss} is revoked")
     # (10) signature
     verify_signature(signed.signing_input, signed.signature, entry.key)
+    # The sender is authenticated from here on: refusals name it.
+    try:
+        return _check_authenticated(signed, keyset, raw, header, iss=iss, aud=aud, now=now, skew=skew,
+                                    max_lifetime=max_lifetime)
+    except ProtocolError as e:
+        err = EnvelopeError(e.category, e.detail)
+        err.authenticated_sender = iss
+        raise err from e
+
+
+def _check_authenticated(
+    signed: SignedCompact, keyset: Keyset, raw: bytes, header: Mapping[str, Any], *, iss: str, aud: str,
+    now: int, skew: int, max_lifetime: int,
+) -> OpenedEnvelope:
     # (11) payload strictly parsed and schema-checked; then the key's time rules at iat
     content = parse_payload(signed.parse_payload())
     accept_signing_key(keyset, signed.kid, t=content.iat, now=now, skew=skew, max_lifetime=max_lifetime)
@@ -337,5 +352,5 @@ def _open(
         raise EnvelopeError(Category.EXPIRED, f"exp {content.exp} + skew {skew} is before now {now}")
     if content.exp - content.iat > max_lifetime or content.exp < content.iat:
         raise EnvelopeError(Category.MALFORMED, "exp - iat is outside 0..max_lifetime")
-    return OpenedEnvelope(content=content, inner_jws=inner, sha256=envelope_sha256(raw),
+    return OpenedEnvelope(content=content, inner_jws=signed.token, sha256=envelope_sha256(raw),
                           signing_kid=signed.kid, recipient_kid=header["kid"])

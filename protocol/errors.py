@@ -137,7 +137,13 @@ class ProtocolError(Exception):
 
 
 class EnvelopeError(ProtocolError):
-    """An envelope could not be sealed or opened."""
+    """An envelope could not be sealed or opened.
+
+    ``authenticated_sender`` is set when the refusal came after the inner signature verified
+    (steps 11-13), so the receiver knows who sent it; before that it is None.
+    """
+
+    authenticated_sender: str | None = None
 
 
 class ArtifactError(ProtocolError):

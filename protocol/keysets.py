@@ -75,7 +75,7 @@ class KeyEntry:
         if not isinstance(jwk, dict):
             raise KeysetError(Category.KEYSET_INVALID, "a key entry is not an object")
         names = set(jwk)
-        if not _KEY_REQUIRED <= names or not names <= _KEY_REQUIRED | _KEY_OPTIONAL:
+        if not names.issuperset(_KEY_REQUIRED) or not names.issubset(_KEY_REQUIRED | _KEY_OPTIONAL):
             raise KeysetError(Category.KEYSET_INVALID, f"key entry members {sorted(names)}")
         try:
             import_public_okp(jwk, crv=crv)
@@ -158,7 +158,7 @@ class Keyset:
     def from_payload(cls, p: Mapping[str, Any]) -> Keyset:
         if set(p) != _KEYSET_FIELDS:
             raise KeysetError(Category.KEYSET_INVALID, f"keyset members {sorted(p)}")
-        if p["v"] != KEYSET_VERSION_FIELD:
+        if type(p["v"]) is not int or p["v"] != KEYSET_VERSION_FIELD:
             raise KeysetError(Category.KEYSET_INVALID, f"keyset v {p['v']!r}")
         if not is_authority_id(p["authority"]):
             raise KeysetError(Category.KEYSET_INVALID, "keyset authority is not an authority id")
@@ -237,14 +237,14 @@ def archival_signing_key(
 
     The key must appear in a chain version with ``nbf <= t`` and ``t <= retired_at`` (when
     retired), and ``t`` must precede the time this node *learnt* of a revocation — never a
-    signer-chosen time.  Without a recorded learning time, the issue time of the first
-    version that lists the key revoked stands in for it (nobody could learn it earlier).
+    signer-chosen time.  Only without a recorded learning time (a bundle checked elsewhere)
+    does the issue time of the first version listing the key revoked stand in for it.
     """
     learned = dict(revocations_learned or {})
-    for ks in chain:
-        e = ks.signing_key(kid)
-        if e is not None and e.revoked_at is not None:
-            learned[kid] = min(learned.get(kid, ks.issued_at), ks.issued_at)
+    if kid not in learned:
+        listed = [ks.issued_at for ks in chain if (e := ks.signing_key(kid)) is not None and e.revoked_at is not None]
+        if listed:
+            learned[kid] = min(listed)
     candidates = [(ks, e) for ks in chain if (e := ks.signing_key(kid)) is not None]
     if not candidates:
         raise KeysetError(Category.UNKNOWN_SIGNING_KEY, f"kid {kid} appears in no keyset version of the chain")

@@ -8,6 +8,8 @@ Refused: invalid UTF-8, duplicate member names, NaN/Infinity, integers beyond I-
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 import rfc8785
@@ -16,6 +18,8 @@ from .errors import Category, ProtocolError
 
 MAX_DEPTH = 32
 MAX_SAFE_INTEGER = 2**53 - 1
+#: 2**53 - 1 has 16 digits: a document without a run of 16 digits holds no integer beyond it.
+_LONG_DIGITS = re.compile(rb"[0-9]{16,}")
 
 
 class _DuplicateKeyError(ValueError):
@@ -35,7 +39,14 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-_DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_no_constant)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is beyond the range of a double")
+    return value
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_no_constant, parse_float=_finite_float)
 
 
 def _check(value: Any, depth: int, max_depth: int) -> None:
@@ -68,11 +79,8 @@ def _check_str(value: str) -> None:
 def _check_scalar(value: Any) -> None:
     if isinstance(value, str):
         _check_str(value)
-    elif isinstance(value, bool) or value is None:
-        return
-    elif isinstance(value, int):
-        if abs(value) > MAX_SAFE_INTEGER:
-            raise ProtocolError(Category.MALFORMED, "JSON integer outside +-(2**53 - 1)")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SAFE_INTEGER:
+        raise ProtocolError(Category.MALFORMED, "JSON integer outside +-(2**53 - 1)")
 
 
 def parse_strict(data: bytes, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> Any:
@@ -91,8 +99,20 @@ def parse_strict(data: bytes, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> 
         raise ProtocolError(Category.MALFORMED, f"JSON nested deeper than {max_depth}") from e
     except ValueError as e:
         raise ProtocolError(Category.MALFORMED, f"not strict JSON: {e}") from e
-    _check(value, 1, max_depth)
+    if _needs_walk(data, max_depth):
+        _check(value, 1, max_depth)
     return value
+
+
+def _needs_walk(data: bytes, max_depth: int) -> bool:
+    """Whether the parsed value could break a rule the decoder does not enforce.
+
+    After a strict UTF-8 decode a lone surrogate can only come from a ``\\u`` escape; nesting
+    cannot exceed the cap with fewer opening brackets than the cap; and an integer beyond
+    I-JSON's range needs at least 16 digits.  Anything else is walked.
+    """
+    return (b"\\u" in data or data.count(b"[") + data.count(b"{") > max_depth
+            or _LONG_DIGITS.search(data) is not None)
 
 
 def parse_object(data: bytes, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
@@ -103,8 +123,28 @@ def parse_object(data: bytes, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> 
     return value
 
 
+def _plain(value: Any) -> bool:
+    """True when ``json.dumps`` with sorted keys already produces RFC 8785 bytes for ``value``:
+    no floats (ECMAScript number formatting), integers within I-JSON's range, strings free of
+    lone surrogates, and member names within the BMP (so code-point order equals UTF-16 order)."""
+    if isinstance(value, str):
+        return value.isascii() or not any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return abs(value) <= MAX_SAFE_INTEGER
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and (k.isascii() or max(map(ord, k)) <= 0xFFFF) and _plain(k) and _plain(v)
+                   for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return False
+
+
 def canonical(value: Any) -> bytes:
     """RFC 8785 (JCS) canonical bytes of ``value``."""
+    if _plain(value):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     try:
         return rfc8785.dumps(value)
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as e:
