@@ -149,6 +149,12 @@ def _int_time(p: Mapping[str, Any], name: str) -> int:
     return value
 
 
+def _plain_file_name(name: object) -> bool:
+    """A name a receiver can show and save: no path separators, no control characters, not . or .."""
+    return (isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS and name not in (".", "..")
+            and not any(c in "/\\" or ord(c) < 0x20 or ord(c) == 0x7F for c in name))
+
+
 def _parse_manifest(items: Any) -> tuple[AttachmentEntry, ...]:
     if not isinstance(items, list) or len(items) > MAX_ATTACHMENTS:
         raise _malformed("attachments is not a list within the cap")
@@ -157,7 +163,7 @@ def _parse_manifest(items: Any) -> tuple[AttachmentEntry, ...]:
         if not isinstance(item, dict) or set(item) != MANIFEST_NAMES:
             raise _malformed("manifest entry is not exactly {name, media_type, size, sha256, chunks, key}")
         name, media_type, size = item["name"], item["media_type"], item["size"]
-        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS or "/" in name or "\x00" in name:
+        if not _plain_file_name(name):
             raise _malformed("attachment name is not a plain file name")
         if not isinstance(media_type, str) or not 0 < len(media_type) <= 255 or "/" not in media_type:
             raise _malformed("attachment media_type is not type/subtype")

@@ -380,3 +380,18 @@ def test_committed_envelope_vector(file: str) -> None:
 def test_committed_keysets_match_the_seeds() -> None:
     for variant, p in _index()["context"]["sender_keysets"].items():
         assert Keyset.from_payload(p).to_payload() == g.sender_keyset(variant).to_payload()
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "a\\b", "evil\x00", "tab\tname", "del\x7f", ""])
+def test_manifest_names_must_be_plain_file_names(name: str) -> None:
+    from protocol.envelope import parse_payload
+
+    payload = {
+        "v": 1, "iss": "GB-UKCA", "aud": "FR-DACG", "id": "0" * 32, "iat": 1, "exp": 2, "kind": "note",
+        "thread": None, "request": None, "subject": "s", "body": "b",
+        "attachments": [{"name": name, "media_type": "application/pdf", "size": 0, "sha256": "0" * 64, "chunks": 1,
+                         "key": "A" * 43}],
+    }
+    with pytest.raises(EnvelopeError) as e:
+        parse_payload(payload)
+    assert e.value.category == Category.MALFORMED
