@@ -107,7 +107,7 @@ ERROR_TABLE: dict[Category, ErrorRule] = {
     Category.INSUFFICIENT_STORAGE: ErrorRule(507, _R, "the receiver lacks the disk for the manifest"),
     Category.BAD_CHUNK: ErrorRule(400, _P, "a chunk does not open, or sits at the wrong place"),
     Category.MANIFEST_MISMATCH: ErrorRule(422, _P, "received attachment size or SHA-256 differs"),
-    Category.UNKNOWN_MESSAGE: ErrorRule(404, _P, "no pending message with that id from this sender"),
+    Category.UNKNOWN_MESSAGE: ErrorRule(404, _R, "no pending message with that id from this sender"),
     Category.LENGTH_REQUIRED: ErrorRule(411, _P, "the request has no Content-Length"),
     Category.RATE_LIMITED: ErrorRule(429, _R, "too many requests; honour Retry-After"),
     Category.UNAVAILABLE: ErrorRule(503, _R, "the receiver cannot take the message now"),

@@ -93,7 +93,10 @@ def split_compact(token: bytes, parts: int, *, what: str) -> list[bytes]:
 def decode_protected(segment: bytes) -> dict[str, Any]:
     if len(segment) > MAX_HEADER_BYTES * 4 // 3 + 4:
         raise ProtocolError(Category.BAD_HEADER, "protected header too large")
-    return parse_object(b64d(segment, what="protected header"), max_bytes=MAX_HEADER_BYTES, max_depth=4)
+    decoded = b64d(segment, what="protected header")
+    if len(decoded) > MAX_HEADER_BYTES:
+        raise ProtocolError(Category.BAD_HEADER, "protected header too large")
+    return parse_object(decoded, max_bytes=MAX_HEADER_BYTES, max_depth=4)
 
 
 def check_algorithms(header: Mapping[str, Any], *, allowed_alg: str, allowed_enc: str | None = None) -> None:
