@@ -1,0 +1,1 @@
+"""Database storage: engines, models and transactions (SQLAlchemy 2). Repositories never commit."""

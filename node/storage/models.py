@@ -1,0 +1,174 @@
+"""Database rows (SQLAlchemy 2 declarative).  Every schema change is an Alembic migration.
+
+Audit tables are named ``audit_*``; a leaf is stored as the exact bytes hashed and every
+other column of ``audit_entries`` is derived from it (``comity audit verify`` checks that).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+#: A 64-bit key that autoincrements on SQLite too (SQLite only does so for INTEGER PRIMARY KEY).
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Peer(Base):
+    """A pinned peer authority and the keyset chain we hold for it."""
+
+    __tablename__ = "peers"
+
+    authority: Mapped[str] = mapped_column(String(24), primary_key=True)
+    name: Mapped[str] = mapped_column(String(512))
+    endpoint: Mapped[str] = mapped_column(String(512))
+    pending_endpoint: Mapped[str | None] = mapped_column(String(512))
+    fingerprint: Mapped[str] = mapped_column(String(43))
+    chain: Mapped[str] = mapped_column(Text)  # JSON array of keyset documents, oldest first
+    keyset_version: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[int] = mapped_column(BigInteger)
+    pinned_at: Mapped[int] = mapped_column(BigInteger)
+    updated_at: Mapped[int] = mapped_column(BigInteger)
+    refreshed_at: Mapped[int | None] = mapped_column(BigInteger)
+    # delivery health, per peer
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_error_category: Mapped[str | None] = mapped_column(String(64))
+    last_error_at: Mapped[int | None] = mapped_column(BigInteger)
+    last_success_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class OutboxMessage(Base):
+    """A message we send: sealed once, its bytes resent unchanged until a receipt verifies."""
+
+    __tablename__ = "outbox"
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(32), unique=True)
+    peer: Mapped[str] = mapped_column(String(24), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    thread: Mapped[str | None] = mapped_column(String(32))
+    request: Mapped[str | None] = mapped_column(String(32))
+    conversation: Mapped[str] = mapped_column(String(64))
+    inner_jws: Mapped[bytes] = mapped_column(LargeBinary)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    envelope_sha256: Mapped[str] = mapped_column(String(64))
+    recipient_kid: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    exp: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))  # queued | sending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[int] = mapped_column(BigInteger)
+    lease_until: Mapped[int | None] = mapped_column(BigInteger)
+    lease_owner: Mapped[str | None] = mapped_column(String(64))
+    last_error_category: Mapped[str | None] = mapped_column(String(64))
+    last_error_at: Mapped[int | None] = mapped_column(BigInteger)
+    receipt_jws: Mapped[bytes | None] = mapped_column(LargeBinary)
+    receipt_received_at: Mapped[int | None] = mapped_column(BigInteger)
+    receipt_leaf_index: Mapped[int | None] = mapped_column(BigInteger)
+    receipt_tree_size: Mapped[int | None] = mapped_column(BigInteger)
+    receipt_root: Mapped[str | None] = mapped_column(String(64))
+    delivered_at: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index("ix_outbox_due", "state", "next_attempt_at"),
+        Index("ix_outbox_conversation", "conversation", "seq"),
+    )
+
+
+class InboxMessage(Base):
+    """A message we accepted; its receipt is signed by the integrator once its entry is sequenced."""
+
+    __tablename__ = "inbox"
+
+    seq: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    sender: Mapped[str] = mapped_column(String(24))
+    message_id: Mapped[str] = mapped_column(String(32))
+    envelope_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    inner_jws: Mapped[bytes] = mapped_column(LargeBinary)
+    kind: Mapped[str] = mapped_column(String(32))
+    thread: Mapped[str | None] = mapped_column(String(32))
+    request: Mapped[str | None] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)  # JSON text of the body (a string or an object)
+    iat: Mapped[int] = mapped_column(BigInteger)
+    exp: Mapped[int] = mapped_column(BigInteger)
+    received_at: Mapped[int] = mapped_column(BigInteger)
+    entry_id: Mapped[int] = mapped_column(ForeignKey("audit_entries.id"))
+    receipt_jws: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+    __table_args__ = (UniqueConstraint("sender", "message_id", name="uq_inbox_sender_id"),)
+
+
+class AuditEntry(Base):
+    """One log entry: ``leaf`` holds the exact bytes hashed; every other column derives from it."""
+
+    __tablename__ = "audit_entries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    log: Mapped[str] = mapped_column(String(16))
+    leaf_index: Mapped[int | None] = mapped_column(BigInteger)
+    leaf: Mapped[bytes] = mapped_column(LargeBinary)
+    leaf_hash: Mapped[str] = mapped_column(String(64))
+    event: Mapped[str] = mapped_column(String(48))
+    at: Mapped[int] = mapped_column(BigInteger)
+    message_id: Mapped[str | None] = mapped_column(String(32))
+    peer: Mapped[str | None] = mapped_column(String(24))
+    envelope_sha256: Mapped[str | None] = mapped_column(String(64))
+
+    __table_args__ = (
+        UniqueConstraint("log", "leaf_index", name="uq_audit_entries_log_index"),
+        Index("ix_audit_entries_pending", "log", "leaf_index", "id"),
+        Index("ix_audit_entries_envelope", "envelope_sha256"),
+    )
+
+
+class AuditHead(Base):
+    """A signed tree head, one per integrator batch."""
+
+    __tablename__ = "audit_heads"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    log: Mapped[str] = mapped_column(String(16))
+    tree_size: Mapped[int] = mapped_column(BigInteger)
+    root: Mapped[str] = mapped_column(String(64))
+    at: Mapped[int] = mapped_column(BigInteger)
+    head_jws: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (UniqueConstraint("log", "tree_size", name="uq_audit_heads_log_size"),)
+
+
+class AuditTree(Base):
+    """The integrator's frontier: enough to extend the tree without re-reading every leaf."""
+
+    __tablename__ = "audit_tree"
+
+    log: Mapped[str] = mapped_column(String(16), primary_key=True)
+    tree_size: Mapped[int] = mapped_column(BigInteger)
+    frontier: Mapped[str] = mapped_column(Text)  # JSON state of the compact range
+    root: Mapped[str] = mapped_column(String(64))
+
+
+class RejectionCount(Base):
+    """Refusals before the sender is authenticated: counted per source and category, not logged."""
+
+    __tablename__ = "rejection_counts"
+
+    source: Mapped[str] = mapped_column(String(64), primary_key=True)
+    category: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    first_at: Mapped[int] = mapped_column(BigInteger)
+    last_at: Mapped[int] = mapped_column(BigInteger)
