@@ -1,0 +1,1 @@
+"""HTTP: the peer listener (inbox, keysets, log proofs) and the local listener (JSON API)."""

@@ -1,0 +1,1 @@
+"""The ``comity`` command line: one typer app (``main``), one module per command group."""

@@ -1,0 +1,1 @@
+"""Outbound delivery: claim due messages, POST their sealed bytes, settle on a verified receipt or signed error."""

@@ -1,0 +1,184 @@
+"""Claiming and settling deliveries.  A claim is a short committed transaction with a lease.
+
+No transaction is held during HTTP.  A claim sets a lease (at most 60 s); an expired lease is
+claimable again.  At most one message is in flight per conversation (peer + thread or
+request), so conversations stay in order; a peer in backoff holds up only its own messages.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy.orm import Session, aliased
+
+from ..services.audit import append_entry, sha256_hex
+from ..storage.db import Database
+from ..storage.models import OutboxMessage, Peer
+
+LEASE_SECONDS = 60
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 300.0
+RETRY_AFTER_CAP = 3600
+ACTIVE = ("queued", "sending")
+
+
+@dataclass(frozen=True)
+class Claim:
+    seq: int
+    message_id: str
+    peer: str
+    endpoint: str
+    envelope: bytes
+    envelope_sha256: str
+    inner_jws: bytes
+    recipient_kid: str
+    attempt: int
+    exp: int
+
+
+def backoff_delay(failures: int, *, rng: random.Random | None = None, retry_after: int | None = None) -> float:
+    """Exponential backoff with full jitter (base 1 s, cap 5 min); ``Retry-After`` honoured up to 1 h."""
+    r = rng or random.SystemRandom()
+    delay = r.uniform(0.0, min(BACKOFF_CAP, BACKOFF_BASE * (2 ** min(failures, 20))))
+    if retry_after is not None:
+        delay = max(delay, float(min(max(retry_after, 0), RETRY_AFTER_CAP)))
+    return delay
+
+
+def fail_expired(session: Session, *, now: int, skew: int) -> int:
+    """Messages past their lifetime end ``failed`` (category ``expired``), each with its entry."""
+    rows = session.scalars(
+        select(OutboxMessage).where(OutboxMessage.state.in_(ACTIVE), OutboxMessage.exp + skew < now,
+                                    or_(OutboxMessage.lease_until.is_(None), OutboxMessage.lease_until < now))
+    ).all()
+    for row in rows:
+        row.state, row.last_error_category, row.last_error_at, row.lease_until = "failed", "expired", now, None
+        append_entry(session, event="failed", at=now, message_id=row.message_id, peer=row.peer,
+                     envelope_sha256=row.envelope_sha256, details={"category": "expired"})
+    return len(rows)
+
+
+def _due_query(now: int, limit: int, skip_locked: bool) -> object:
+    earlier = aliased(OutboxMessage)
+    q = (
+        select(OutboxMessage.seq)
+        .join(Peer, Peer.authority == OutboxMessage.peer)
+        .where(
+            OutboxMessage.state.in_(ACTIVE),
+            OutboxMessage.next_attempt_at <= now,
+            Peer.next_attempt_at <= now,
+            or_(OutboxMessage.lease_until.is_(None), OutboxMessage.lease_until < now),
+            ~exists().where(and_(earlier.conversation == OutboxMessage.conversation,
+                                 earlier.seq < OutboxMessage.seq, earlier.state.in_(ACTIVE))),
+        )
+        .order_by(OutboxMessage.seq)
+        .limit(limit)
+    )
+    if skip_locked:
+        q = q.with_for_update(of=OutboxMessage, skip_locked=True)
+    return q
+
+
+def claim_due_deliveries(db: Database, *, owner: str, now: int, limit: int, skew: int = 300) -> list[Claim]:
+    """Claim up to ``limit`` due messages for ``owner`` (``FOR UPDATE SKIP LOCKED`` on PostgreSQL)."""
+    with db.write() as session:
+        fail_expired(session, now=now, skew=skew)
+        seqs = list(session.scalars(_due_query(now, limit, skip_locked=not db.sqlite)))  # type: ignore[call-overload]
+        if not seqs:
+            return []
+        session.execute(
+            update(OutboxMessage).where(OutboxMessage.seq.in_(seqs)).values(
+                state="sending", lease_until=now + LEASE_SECONDS, lease_owner=owner,
+                attempts=OutboxMessage.attempts + 1,
+            )
+        )
+        rows = session.execute(
+            select(OutboxMessage, Peer.endpoint).join(Peer, Peer.authority == OutboxMessage.peer)
+            .where(OutboxMessage.seq.in_(seqs)).order_by(OutboxMessage.seq)
+        ).all()
+        claims = []
+        for row, endpoint in rows:
+            claims.append(Claim(row.seq, row.message_id, row.peer, endpoint, row.envelope, row.envelope_sha256,
+                                row.inner_jws, row.recipient_kid, row.attempts, row.exp))
+            append_entry(session, event="attempt", at=now, message_id=row.message_id, peer=row.peer,
+                         envelope_sha256=row.envelope_sha256, details={"attempt": row.attempts})
+        return claims
+
+
+def _owned(session: Session, claim: Claim, owner: str) -> OutboxMessage | None:
+    row = session.get(OutboxMessage, claim.seq)
+    if row is None or row.state != "sending" or row.lease_owner != owner:
+        return None  # the lease expired and another worker took over: its result counts
+    return row
+
+
+def settle_delivered(db: Database, claim: Claim, *, owner: str, receipt_jws: bytes, received_at: int,
+                     leaf_index: int, tree_size: int, root: str, now: int) -> bool:
+    with db.write() as session:
+        row = _owned(session, claim, owner)
+        if row is None:
+            return False
+        row.state, row.lease_until, row.lease_owner, row.delivered_at = "delivered", None, None, now
+        row.receipt_jws, row.receipt_received_at = receipt_jws, received_at
+        row.receipt_leaf_index, row.receipt_tree_size, row.receipt_root = leaf_index, tree_size, root
+        peer = session.get(Peer, claim.peer)
+        if peer is not None:
+            peer.failures, peer.next_attempt_at, peer.last_success_at = 0, 0, now
+        append_entry(session, event="delivered", at=now, message_id=claim.message_id, peer=claim.peer,
+                     envelope_sha256=claim.envelope_sha256,
+                     details={"receipt_sha256": sha256_hex(receipt_jws), "peer_leaf_index": leaf_index,
+                              "peer_tree_size": tree_size, "peer_root": root, "attempt": claim.attempt})
+        return True
+
+
+def settle_failed(db: Database, claim: Claim, *, owner: str, category: str, now: int) -> bool:
+    """A verified permanent error from the peer: the message ends ``failed``."""
+    with db.write() as session:
+        row = _owned(session, claim, owner)
+        if row is None:
+            return False
+        row.state, row.lease_until, row.lease_owner = "failed", None, None
+        row.last_error_category, row.last_error_at = category, now
+        append_entry(session, event="failed", at=now, message_id=claim.message_id, peer=claim.peer,
+                     envelope_sha256=claim.envelope_sha256, details={"category": category, "attempt": claim.attempt})
+        return True
+
+
+def settle_retry(db: Database, claim: Claim, *, owner: str, category: str, now: int,
+                 retry_after: int | None = None, per_peer: bool = True, delay: float | None = None) -> bool:
+    """Release the claim for a later attempt; a peer-wide failure backs off the whole peer."""
+    with db.write() as session:
+        row = _owned(session, claim, owner)
+        if row is None:
+            return False
+        peer = session.get(Peer, claim.peer)
+        failures = 1
+        if peer is not None and per_peer:
+            peer.failures += 1
+            failures = peer.failures
+            peer.last_error_category, peer.last_error_at = category, now
+        wait = delay if delay is not None else backoff_delay(failures, retry_after=retry_after)
+        next_at = now + round(wait)
+        if peer is not None and per_peer:
+            peer.next_attempt_at = next_at
+        row.state, row.lease_until, row.lease_owner = "queued", None, None
+        row.next_attempt_at = next_at
+        row.last_error_category, row.last_error_at = category, now
+        return True
+
+
+def replace_envelope(db: Database, claim: Claim, *, owner: str, envelope: bytes, sha256: str,
+                     recipient_kid: str, now: int) -> bool:
+    """After ``retry-after-refresh``: the same inner JWS, re-encrypted to the peer's new key."""
+    with db.write() as session:
+        row = _owned(session, claim, owner)
+        if row is None:
+            return False
+        old = row.envelope_sha256
+        row.envelope, row.envelope_sha256, row.recipient_kid = envelope, sha256, recipient_kid
+        row.state, row.lease_until, row.lease_owner, row.next_attempt_at = "queued", None, None, now
+        append_entry(session, event="resealed", at=now, message_id=claim.message_id, peer=claim.peer,
+                     envelope_sha256=sha256, details={"kid": recipient_kid, "reason": f"replaces {old}"})
+        return True

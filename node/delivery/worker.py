@@ -1,0 +1,219 @@
+"""The delivery worker: polls at least every 500 ms, claims due messages, delivers them concurrently.
+
+Classes per SPEC: ``retryable`` (connection errors, timeouts, 5xx, 429, any unsigned 4xx) ->
+per-peer backoff; ``retry-after-refresh`` -> refresh the peer's keyset, reseal the same inner
+JWS to its new key, retry; ``permanent``, only from a verified signed error -> ``failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import httpx
+import structlog
+
+from protocol.artifacts import LiveKeys
+from protocol.envelope import reseal_envelope
+from protocol.errors import ArtifactError, Category, ErrorClass, ProtocolError
+from protocol.keysets import Keyset
+from protocol.receipts import verify_receipt
+from protocol.rejections import verify_error
+
+from ..services.peers import peer_keyset
+from ..storage.db import Database
+from ..storage.models import Peer
+from .claims import (
+    Claim,
+    claim_due_deliveries,
+    replace_envelope,
+    settle_delivered,
+    settle_failed,
+    settle_retry,
+)
+from .refresh import RefreshError, refresh_peer_keyset
+from .transport import MEDIA_JOSE, Response, TransportFailure, error_jws_of, post_envelope
+
+log = structlog.get_logger("comity.delivery")
+
+REFRESH_MIN_INTERVAL = 60.0
+
+
+class DeliveryWorker:
+    def __init__(
+        self, db: Database, *, authority: str, owner: str, clock: Callable[[], int] = lambda: int(time.time()),
+        poll: float = 0.5, concurrency: int = 16, timeout: float = 30.0, skew: int = 300,
+        max_lifetime: int = 7 * 86400, verify_tls: bool | str = True,
+    ) -> None:
+        self.db = db
+        self.authority = authority
+        self.owner = owner
+        self.clock = clock
+        self.poll = poll
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self.skew = skew
+        self.max_lifetime = max_lifetime
+        self.verify_tls = verify_tls
+        self._wake = asyncio.Event()
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._last_refresh: dict[str, float] = {}
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        limits = httpx.Limits(max_connections=self.concurrency * 2, max_keepalive_connections=self.concurrency)
+        async with httpx.AsyncClient(limits=limits, verify=self.verify_tls, trust_env=False) as client:
+            while not stop.is_set():
+                free = self.concurrency - len(self._in_flight)
+                if free > 0:
+                    try:
+                        claims = await asyncio.to_thread(
+                            claim_due_deliveries, self.db, owner=self.owner, now=self.clock(), limit=free,
+                            skew=self.skew,
+                        )
+                    except Exception as e:  # the database may be briefly unavailable; keep polling
+                        log.error("claim_failed", error=type(e).__name__, detail=str(e)[:200])
+                        claims = []
+                    for claim in claims:
+                        task = asyncio.create_task(self._deliver(client, claim))
+                        self._in_flight.add(task)
+                        task.add_done_callback(self._done)
+                    if claims and len(self._in_flight) < self.concurrency:
+                        continue
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=self.poll)
+            if self._in_flight:
+                await asyncio.wait(self._in_flight, timeout=self.timeout)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery_crashed", error=repr(task.exception())[:300])
+        self._wake.set()
+
+    def _keyset(self, authority: str) -> Keyset | None:
+        with self.db.read() as session:
+            row = session.get(Peer, authority)
+            return None if row is None else peer_keyset(row)
+
+    async def _refresh(self, client: httpx.AsyncClient, authority: str, *, force: bool = False) -> bool:
+        last = self._last_refresh.get(authority, 0.0)
+        if not force and time.monotonic() - last < REFRESH_MIN_INTERVAL:
+            return False
+        self._last_refresh[authority] = time.monotonic()
+        try:
+            return await refresh_peer_keyset(self.db, client, authority, now=self.clock())
+        except RefreshError as e:
+            log.warning("keyset_refresh_failed", peer=authority, detail=str(e)[:300])
+            return False
+
+    async def _verify(self, client: httpx.AsyncClient, claim: Claim, check: Callable[[Keyset], object]) -> object:
+        """Verify with the held keyset; on an unknown signing kid, refresh once and verify again."""
+        keyset = await asyncio.to_thread(self._keyset, claim.peer)
+        if keyset is None:
+            raise ArtifactError(Category.UNKNOWN_SENDER, f"{claim.peer} is no longer pinned")
+        try:
+            return check(keyset)
+        except ArtifactError as e:
+            if e.category != Category.UNKNOWN_SIGNING_KEY or not await self._refresh(client, claim.peer):
+                raise
+        keyset = await asyncio.to_thread(self._keyset, claim.peer)
+        assert keyset is not None
+        return check(keyset)
+
+    async def _deliver(self, client: httpx.AsyncClient, claim: Claim) -> None:
+        blog = log.bind(message_id=claim.message_id, peer=claim.peer, attempt=claim.attempt)
+        resp = await post_envelope(client, claim.endpoint, claim.envelope, timeout=self.timeout)
+        now = self.clock()
+        if isinstance(resp, TransportFailure):
+            blog.info("delivery_unreachable", reason=resp.reason)
+            await asyncio.to_thread(settle_retry, self.db, claim, owner=self.owner, category="unreachable", now=now)
+            return
+        if resp.status in (200, 201) and resp.content_type == MEDIA_JOSE:
+            await self._on_receipt(client, claim, resp, blog)
+            return
+        token = error_jws_of(resp)
+        if token is not None:
+            await self._on_signed_error(client, claim, resp, token, blog)
+            return
+        category = "rate_limited" if resp.status == 429 else f"http_{resp.status}"
+        blog.info("delivery_retry", status=resp.status)
+        await asyncio.to_thread(settle_retry, self.db, claim, owner=self.owner, category=category, now=now,
+                                retry_after=resp.retry_after)
+
+    async def _on_receipt(self, client: httpx.AsyncClient, claim: Claim, resp: Response,
+                          blog: structlog.typing.FilteringBoundLogger) -> None:
+        def check(keyset: Keyset) -> object:
+            return verify_receipt(resp.body, keys=LiveKeys(keyset, self.clock(), self.skew, self.max_lifetime),
+                                  sender=self.authority, receiver=claim.peer, message_id=claim.message_id,
+                                  envelope_sha256=claim.envelope_sha256, now=self.clock(), skew=self.skew)
+        try:
+            receipt = await self._verify(client, claim, check)
+        except ProtocolError as e:
+            blog.warning("receipt_refused", category=e.category.value, detail=e.detail[:200])
+            await asyncio.to_thread(settle_retry, self.db, claim, owner=self.owner, category="receipt_invalid",
+                                    now=self.clock())
+            return
+        from protocol.receipts import Receipt
+
+        assert isinstance(receipt, Receipt)
+        await asyncio.to_thread(
+            settle_delivered, self.db, claim, owner=self.owner, receipt_jws=resp.body,
+            received_at=receipt.received_at, leaf_index=receipt.leaf_index, tree_size=receipt.tree_size,
+            root=receipt.root, now=self.clock(),
+        )
+        blog.info("delivered", duplicate=resp.status == 200, peer_leaf_index=receipt.leaf_index)
+
+    async def _on_signed_error(self, client: httpx.AsyncClient, claim: Claim, resp: Response, token: bytes,
+                               blog: structlog.typing.FilteringBoundLogger) -> None:
+        def check(keyset: Keyset) -> object:
+            return verify_error(token, keys=LiveKeys(keyset, self.clock(), self.skew, self.max_lifetime),
+                                peer=claim.peer, sender=self.authority, envelope_sha256=claim.envelope_sha256)
+        try:
+            err = await self._verify(client, claim, check)
+        except ProtocolError as e:
+            blog.info("unsigned_error_ignored", status=resp.status, category=e.category.value)
+            await asyncio.to_thread(settle_retry, self.db, claim, owner=self.owner, category=f"http_{resp.status}",
+                                    now=self.clock(), retry_after=resp.retry_after)
+            return
+        from protocol.rejections import SignedError
+
+        assert isinstance(err, SignedError)
+        now = self.clock()
+        if err.error_class == ErrorClass.PERMANENT:
+            blog.warning("delivery_failed", category=err.category.value)
+            await asyncio.to_thread(settle_failed, self.db, claim, owner=self.owner, category=err.category.value,
+                                    now=now)
+        elif err.error_class == ErrorClass.RETRY_AFTER_REFRESH:
+            await self._reseal(client, claim, err.category.value, blog)
+        else:
+            blog.info("delivery_retry", category=err.category.value)
+            await asyncio.to_thread(settle_retry, self.db, claim, owner=self.owner, category=err.category.value,
+                                    now=now, retry_after=resp.retry_after)
+
+    async def _reseal(self, client: httpx.AsyncClient, claim: Claim, category: str,
+                      blog: structlog.typing.FilteringBoundLogger) -> None:
+        await self._refresh(client, claim.peer, force=True)
+        keyset = await asyncio.to_thread(self._keyset, claim.peer)
+        now = self.clock()
+        try:
+            if keyset is None:
+                raise ProtocolError(Category.UNKNOWN_SENDER, "peer no longer pinned")
+            key = keyset.current_encryption_key(now)
+        except ProtocolError as e:
+            await asyncio.to_thread(settle_retry, self.db, claim, owner=self.owner, category=e.category.value, now=now)
+            return
+        if key.kid == claim.recipient_kid:
+            blog.info("reseal_no_new_key", category=category)
+            await asyncio.to_thread(settle_retry, self.db, claim, owner=self.owner, category=category, now=now)
+            return
+        sealed = reseal_envelope(claim.inner_jws, iss=self.authority, aud=claim.peer, recipient_kid=key.kid,
+                                 recipient_key=key.key)
+        blog.info("resealed", kid=key.kid)
+        await asyncio.to_thread(replace_envelope, self.db, claim, owner=self.owner, envelope=sealed.raw,
+                                sha256=sealed.sha256, recipient_kid=key.kid, now=now)

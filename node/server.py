@@ -1,0 +1,133 @@
+"""``comity serve`` and ``comity worker``: uvicorn listeners, the integrator and the delivery worker in one loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Generator
+from typing import Any
+
+import structlog
+import uvicorn
+
+from .api.app import build_app
+from .config import peer_bind
+from .delivery.worker import DeliveryWorker
+from .errors import BusyError, InputError
+from .runtime import Node
+from .services.integrator import IntegratorBusyError, IntegratorLock
+from .storage.migrate import check_current
+
+log = structlog.get_logger("comity.server")
+
+
+class _Server(uvicorn.Server):
+    """A uvicorn server that leaves signal handling to us (several servers share one loop)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def _config(app: Any, host: str, port: int, **tls: Any) -> uvicorn.Config:
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan="off",
+                          server_header=False, timeout_graceful_shutdown=5, **tls)
+
+
+def _make_worker(node: Node) -> DeliveryWorker:
+    s = node.settings
+    verify: bool | str = s.tls_ca if s.tls_ca else True
+    worker = DeliveryWorker(node.db, authority=node.authority, owner=node.owner, clock=node.clock, poll=s.worker_poll,
+                            concurrency=s.worker_concurrency, timeout=s.http_timeout, skew=s.skew,
+                            max_lifetime=s.max_lifetime, verify_tls=verify)
+    node.wake_worker = worker.wake
+    return worker
+
+
+def _acquire_integrator(node: Node) -> IntegratorLock:
+    lock = IntegratorLock(node.db, node.home)
+    try:
+        lock.acquire()
+    except IntegratorBusyError as e:
+        raise BusyError(f"{e}: is another `comity serve` or `comity worker` running on this node?") from e
+    return lock
+
+
+async def _run(servers: list[_Server], worker: DeliveryWorker | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def request_stop() -> None:
+        stop.set()
+        for s in servers:
+            s.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, request_stop)
+    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    if worker is not None:
+        tasks.append(asyncio.create_task(worker.run(stop)))
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        if not stop.is_set():
+            request_stop()  # one part ended (e.g. a port could not be bound): stop the rest
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    if any(not s.started for s in servers):
+        raise InputError("a listener could not start (is the port in use?)")
+
+
+def serve(node: Node, *, with_worker: bool = True) -> None:
+    """Run the node until SIGINT/SIGTERM."""
+    s = node.settings
+    check_current(node.db.engine)
+    lock = _acquire_integrator(node) if with_worker else None
+    try:
+        if lock is not None:
+            node.start_integrator()
+        endpoint = node.keystore.keyset.endpoint
+        if s.insecure_http:
+            host, port = (s.host or "127.0.0.1"), (s.port or peer_bind(s, endpoint)[1])
+            servers = [_Server(_config(build_app(node, peer=True, local=True), host, port))]
+        else:
+            if not (s.tls_cert and s.tls_key):
+                raise InputError("the peer listener needs tls_cert and tls_key in comity.toml "
+                                 "(or --insecure-http for a local test federation)")
+            host, port = peer_bind(s, endpoint)
+            servers = [
+                _Server(_config(build_app(node, peer=True, local=False), host, port,
+                                ssl_certfile=s.tls_cert, ssl_keyfile=s.tls_key)),
+                _Server(_config(build_app(node, peer=False, local=True), s.local_host, s.local_port)),
+            ]
+        worker = _make_worker(node) if with_worker else None
+        log.info("serving", authority=node.authority, host=host, port=port, insecure_http=s.insecure_http,
+                 worker=with_worker)
+        asyncio.run(_run(servers, worker))
+    finally:
+        node.close()
+        if lock is not None:
+            lock.release()
+
+
+def run_worker(node: Node) -> None:
+    """Run the delivery worker alone (no listeners); it also integrates the logs if no one else does."""
+    check_current(node.db.engine)
+    try:
+        lock: IntegratorLock | None = _acquire_integrator(node)
+    except BusyError:
+        lock = None
+        log.info("integrator_elsewhere", detail="another process integrates this database's logs")
+    try:
+        if lock is not None:
+            node.start_integrator()
+        asyncio.run(_run([], _make_worker(node)))
+    finally:
+        node.close()
+        if lock is not None:
+            lock.release()

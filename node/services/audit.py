@@ -1,0 +1,83 @@
+"""Audit log entries: written unsequenced in the caller's transaction, sequenced by the integrator.
+
+A leaf is RFC 8785 JSON of ``{v, log, event, at, ...metadata}``: metadata and envelope
+digests only — never subjects, bodies, names, or digests of plaintext.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from protocol.merkle import leaf_hash
+from protocol.strictjson import canonical, parse_object
+
+from ..storage.models import AuditEntry
+
+LOGS = ("exchange", "access")
+
+#: Metadata a leaf may carry besides the derived columns; anything else is refused, so that
+#: content can never slip into a log entry by accident.
+DETAIL_NAMES = frozenset(
+    {
+        "attempt", "category", "status", "receipt_sha256", "peer_tree_size", "peer_root", "peer_leaf_index",
+        "keyset_version", "kid", "source", "kind", "state", "fingerprint", "endpoint", "previous_version",
+        "reason", "count", "error_sha256",
+    }
+)
+#: Columns of ``audit_entries`` derived from the leaf (checked by ``comity audit verify``).
+DERIVED = ("log", "event", "at", "message_id", "peer", "envelope_sha256", "leaf_hash")
+
+
+def encode_leaf(
+    *, log: str, event: str, at: int, message_id: str | None = None, peer: str | None = None,
+    envelope_sha256: str | None = None, details: Mapping[str, Any] | None = None,
+) -> bytes:
+    if log not in LOGS:
+        raise ValueError(f"unknown log {log!r}")
+    leaf: dict[str, Any] = {"v": 1, "log": log, "event": event, "at": at}
+    if message_id is not None:
+        leaf["message_id"] = message_id
+    if peer is not None:
+        leaf["peer"] = peer
+    if envelope_sha256 is not None:
+        leaf["envelope_sha256"] = envelope_sha256
+    for name, value in (details or {}).items():
+        if name not in DETAIL_NAMES:
+            raise ValueError(f"audit detail {name!r} is not an allowed metadata name")
+        if value is not None:
+            leaf[name] = value
+    return canonical(leaf)
+
+
+def derive_columns(leaf: bytes) -> dict[str, Any]:
+    """The values every derived column must hold for ``leaf``."""
+    obj = parse_object(leaf, max_bytes=64 * 1024)
+    return {
+        "log": obj.get("log"), "event": obj.get("event"), "at": obj.get("at"),
+        "message_id": obj.get("message_id"), "peer": obj.get("peer"),
+        "envelope_sha256": obj.get("envelope_sha256"), "leaf_hash": leaf_hash(leaf).hex(),
+    }
+
+
+def append_entry(
+    session: Session, *, event: str, at: int, log: str = "exchange", message_id: str | None = None,
+    peer: str | None = None, envelope_sha256: str | None = None, details: Mapping[str, Any] | None = None,
+) -> AuditEntry:
+    """Add an unsequenced entry in ``session``'s transaction; the integrator assigns its index."""
+    leaf = encode_leaf(log=log, event=event, at=at, message_id=message_id, peer=peer,
+                       envelope_sha256=envelope_sha256, details=details)
+    entry = AuditEntry(
+        log=log, leaf_index=None, leaf=leaf, leaf_hash=leaf_hash(leaf).hex(), event=event, at=at,
+        message_id=message_id, peer=peer, envelope_sha256=envelope_sha256,
+    )
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

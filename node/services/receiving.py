@@ -1,0 +1,160 @@
+"""The inbox: look up the raw body's digest first, open per SPEC, commit, then await the receipt.
+
+The inbox commits a message and its ``received`` entry before any receipt is signed; the
+receipt is signed by the integrator once that entry has a leaf index.  A refusal after the
+sender is authenticated gets an audit entry; refusals before that are counted per source
+address and category, so that nobody can flood the log.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from joserfc.jwk import OKPKey
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from protocol.envelope import OpenedEnvelope, envelope_sha256, open_envelope
+from protocol.errors import Category, EnvelopeError, ProtocolError
+from protocol.ids import is_authority_id
+from protocol.jose import Signer, decode_protected
+from protocol.keysets import Keyset
+from protocol.rejections import SignedError, sign_error
+
+from ..storage.db import Database
+from ..storage.models import InboxMessage, RejectionCount
+from .audit import append_entry
+
+
+@dataclass(frozen=True)
+class Accepted:
+    seq: int
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """The same bytes were accepted before: answer with their receipt (once it exists)."""
+
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    category: Category
+    detail: str
+    aud: str | None  # the (claimed) sender, for the signed error
+    sha256: str
+
+
+@dataclass(frozen=True)
+class InboxLimits:
+    skew: int = 300
+    max_lifetime: int = 7 * 86400
+    max_bytes: int = 1024 * 1024
+    max_attachments: int = 0  # attachments arrive with their own issue; until then none are taken
+
+
+def stored_receipt(session: Session, sha256: str) -> tuple[bool, bytes | None]:
+    """Is a message with these exact bytes held, and is its receipt signed yet?"""
+    row = session.execute(
+        select(InboxMessage.seq, InboxMessage.receipt_jws).where(InboxMessage.envelope_sha256 == sha256)
+    ).first()
+    if row is None:
+        return False, None
+    return True, row.receipt_jws
+
+
+def receipt_by_seq(session: Session, seq: int) -> bytes | None:
+    return session.execute(select(InboxMessage.receipt_jws).where(InboxMessage.seq == seq)).scalar()
+
+
+def _claimed_sender(raw: bytes) -> str | None:
+    """The outer header's ``iss``, unauthenticated, to address a signed error to; None if unreadable."""
+    try:
+        iss = decode_protected(raw.split(b".", 1)[0]).get("iss")
+    except ProtocolError:
+        return None
+    return iss if is_authority_id(iss) else None
+
+
+def _count_rejection(session: Session, *, source: str, category: str, now: int, sqlite: bool) -> None:
+    values = {"source": source[:64], "category": category, "count": 1, "first_at": now, "last_at": now}
+    ins = sqlite_insert(RejectionCount) if sqlite else pg_insert(RejectionCount)
+    stmt = ins.values(**values).on_conflict_do_update(
+        index_elements=["source", "category"],
+        set_={"count": RejectionCount.count + 1, "last_at": now},
+    )
+    session.execute(stmt)
+
+
+def record_rejection(db: Database, rejected: Rejected, *, authenticated: str | None, source: str,
+                     message_id: str | None, now: int) -> None:
+    """An audit entry for an authenticated sender's refused message; a counter otherwise."""
+    with db.write() as session:
+        if authenticated is None:
+            _count_rejection(session, source=source, category=rejected.category.value, now=now, sqlite=db.sqlite)
+            return
+        append_entry(session, event="rejected", at=now, peer=authenticated, message_id=message_id,
+                     envelope_sha256=rejected.sha256, details={"category": rejected.category.value})
+
+
+def open_inbound(
+    raw: bytes, *, me: str, decryption_keys: Mapping[str, OKPKey], lookup_peer: Callable[[str], Keyset | None],
+    now: int, limits: InboxLimits,
+) -> OpenedEnvelope:
+    opened = open_envelope(raw, me=me, decryption_keys=decryption_keys, lookup_peer=lookup_peer, now=now,
+                           skew=limits.skew, max_lifetime=limits.max_lifetime, max_bytes=limits.max_bytes)
+    if len(opened.content.attachments) > limits.max_attachments:
+        err = EnvelopeError(Category.ATTACHMENT_TOO_LARGE,
+                            f"{len(opened.content.attachments)} attachments; this node takes {limits.max_attachments}")
+        err.authenticated_sender = opened.content.iss
+        raise err
+    return opened
+
+
+def store_inbound(db: Database, opened: OpenedEnvelope, raw: bytes, *, now: int) -> Accepted | Duplicate | Rejected:
+    """Commit the message and its ``received`` entry; a lost race is answered as a duplicate or conflict."""
+    c = opened.content
+    try:
+        with db.write() as session:
+            entry = append_entry(session, event="received", at=now, message_id=c.id, peer=c.iss,
+                                 envelope_sha256=opened.sha256, details={"kind": c.kind})
+            msg = InboxMessage(
+                sender=c.iss, message_id=c.id, envelope_sha256=opened.sha256, envelope=raw,
+                inner_jws=opened.inner_jws, kind=c.kind, thread=c.thread, request=c.request, subject=c.subject,
+                body=json.dumps(c.body, ensure_ascii=False), iat=c.iat, exp=c.exp, received_at=now,
+                entry_id=entry.id,
+            )
+            session.add(msg)
+            session.flush()
+            return Accepted(msg.seq)
+    except IntegrityError:
+        pass
+    with db.read() as session:
+        held = session.execute(
+            select(InboxMessage.envelope_sha256).where(
+                InboxMessage.sender == c.iss, InboxMessage.message_id == c.id
+            )
+        ).scalar()
+    if held == opened.sha256 or held is None:
+        return Duplicate(opened.sha256)
+    with db.write() as session:
+        append_entry(session, event="conflict", at=now, message_id=c.id, peer=c.iss,
+                     envelope_sha256=opened.sha256, details={"category": Category.MSG_ID_CONFLICT.value})
+    return Rejected(Category.MSG_ID_CONFLICT, f"message {c.id} from {c.iss} was received with other bytes",
+                    c.iss, opened.sha256)
+
+
+def sign_rejection(rejected: Rejected, *, authority: str, signer: Signer, now: int) -> bytes:
+    return sign_error(SignedError(iss=authority, aud=rejected.aud, category=rejected.category,
+                                  envelope_sha256=rejected.sha256, at=now), signer=signer)
+
+
+def rejected_from(e: ProtocolError, raw: bytes) -> Rejected:
+    aud = e.authenticated_sender if isinstance(e, EnvelopeError) and e.authenticated_sender else None
+    return Rejected(e.category, e.detail, aud or _claimed_sender(raw), envelope_sha256(raw))

@@ -1,0 +1,198 @@
+"""Real node processes on 127.0.0.1 for integration tests.
+
+Each node is a home made by ``comity init`` and a ``comity serve --insecure-http`` process on
+one free port.  On PostgreSQL each node gets its own fresh database (dropped afterwards).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.conftest import create_pg_database, drop_pg_database
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class NodeHandle:
+    def __init__(self, authority: str, home: Path, port: int, database_url: str | None) -> None:
+        self.authority = authority
+        self.home = home
+        self.port = port
+        self.database_url = database_url
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = home.parent / f"{authority}.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COMITY_")}
+        env["COMITY_LOG_FORMAT"] = "json"
+        env["PYTHONPATH"] = str(REPO)
+        if self.database_url:
+            env["COMITY_DATABASE_URL"] = self.database_url
+        env.update(extra or {})
+        return env
+
+    def comity(self, *args: str, check: bool = True, extra_env: dict[str, str] | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, "-m", "node.cli.main", *args], capture_output=True, text=True,
+                              env=self.env(extra_env), timeout=timeout, cwd=REPO)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"comity {' '.join(args)} exited {proc.returncode}: {proc.stderr.strip()}")
+        return proc
+
+    def init(self) -> None:
+        self.comity("init", "--home", str(self.home), "--authority", self.authority,
+                    "--name", f"{self.authority} central authority", "--endpoint", f"{self.url}/",
+                    "--insecure-no-passphrase")
+
+    @property
+    def token(self) -> str:
+        return (self.home / "admin.token").read_text().strip()
+
+    def card(self) -> Path:
+        path = self.home.parent / f"{self.authority}.card.json"
+        path.write_text(self.comity("card", "--home", str(self.home)).stdout)
+        return path
+
+    def fingerprint(self) -> str:
+        return self.comity("fingerprint", "--home", str(self.home)).stdout.strip()
+
+    def pin(self, other: NodeHandle) -> None:
+        self.comity("peer", "add", "--home", str(self.home), "--card", str(other.card()),
+                    "--fingerprint", other.fingerprint())
+
+    def start(self, *, extra_env: dict[str, str] | None = None, wait: bool = True) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        logf = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "node.cli.main", "serve", "--home", str(self.home), "--insecure-http",
+             "--port", str(self.port)],
+            stdout=logf, stderr=logf, env=self.env(extra_env), cwd=REPO, start_new_session=True,
+        )
+        logf.close()
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"{self.authority} exited {self.proc.returncode}: {self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{self.authority} not ready in {timeout}s: {self.log_tail()}")
+
+    def log_tail(self, n: int = 2000) -> str:
+        try:
+            return self.log_path.read_text()[-n:]
+        except OSError:
+            return ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout=10)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}
+        return httpx.request(method, f"{self.url}{path}", headers=headers, timeout=30, **kwargs)
+
+    def send(self, to: str, subject: str = "s", body: str = "b", kind: str = "note", **extra: Any) -> str:
+        r = self.api("POST", "/api/v1/messages", json={"to": to, "kind": kind, "subject": subject, "body": body,
+                                                       **extra})
+        assert r.status_code == 201, r.text
+        return str(r.json()["id"])
+
+    def status(self, message_id: str) -> dict[str, Any]:
+        r = self.api("GET", f"/api/v1/messages/{message_id}")
+        assert r.status_code == 200, r.text
+        return dict(r.json())
+
+    def status_cli(self, message_id: str) -> dict[str, Any]:
+        return dict(json.loads(self.comity("status", "--home", str(self.home), message_id, "--json").stdout))
+
+    def inbox(self) -> list[dict[str, Any]]:
+        return list(json.loads(self.comity("inbox", "--home", str(self.home), "--json").stdout))
+
+    def audit_verify(self) -> subprocess.CompletedProcess[str]:
+        return self.comity("audit", "verify", "--home", str(self.home), "--json", check=False)
+
+    def wait_for(self, message_ids: Sequence[str], state: str = "delivered", timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        pending = set(message_ids)
+        while pending and time.monotonic() < deadline:
+            for mid in list(pending):
+                if self.status(mid)["state"] == state:
+                    pending.discard(mid)
+            if pending:
+                time.sleep(0.2)
+        if pending:
+            sample = self.status(next(iter(pending)))
+            raise AssertionError(f"{len(pending)} message(s) not {state} after {timeout}s, e.g. {sample}; "
+                                 f"log: {self.log_tail()}")
+
+
+@contextmanager
+def federation(tmp_path: Path, backend: str, authorities: Sequence[str], *, pin: bool = True,
+               start: bool = True) -> Iterator[dict[str, NodeHandle]]:
+    """Nodes for ``authorities`` pinned to each other (and started), stopped and dropped afterwards."""
+    nodes: dict[str, NodeHandle] = {}
+    databases: list[str] = []
+    try:
+        for authority in authorities:
+            url = None
+            if backend == "postgres":
+                url = create_pg_database()
+                databases.append(url)
+            node = NodeHandle(authority, tmp_path / authority, free_port(), url)
+            node.init()
+            nodes[authority] = node
+        if pin:
+            for a in nodes.values():
+                for b in nodes.values():
+                    if a is not b:
+                        a.pin(b)
+        if start:
+            for node in nodes.values():
+                node.start(wait=False)
+            for node in nodes.values():
+                node.wait_ready()
+        yield nodes
+    finally:
+        for node in nodes.values():
+            node.stop()
+        for url in databases:
+            drop_pg_database(url)
