@@ -345,9 +345,8 @@ def _check_authenticated(
     signed: SignedCompact, keyset: Keyset, raw: bytes, header: Mapping[str, Any], *, iss: str, aud: str,
     now: int, skew: int, max_lifetime: int,
 ) -> OpenedEnvelope:
-    # (11) payload strictly parsed and schema-checked; then the key's time rules at iat
+    # (11) payload strictly parsed and schema-checked
     content = parse_payload(signed.parse_payload())
-    accept_signing_key(keyset, signed.kid, t=content.iat, now=now, skew=skew, max_lifetime=max_lifetime)
     # (12) inner and outer iss/aud agree
     if content.iss != iss or content.aud != aud:
         raise EnvelopeError(Category.ISSUER_MISMATCH, "inner iss/aud differ from the outer header")
@@ -358,5 +357,7 @@ def _check_authenticated(
         raise EnvelopeError(Category.EXPIRED, f"exp {content.exp} + skew {skew} is before now {now}")
     if content.exp - content.iat > max_lifetime or content.exp < content.iat:
         raise EnvelopeError(Category.MALFORMED, "exp - iat is outside 0..max_lifetime")
+    # (13.4) the signing key's time rules at iat (last, so a stale message is called expired)
+    accept_signing_key(keyset, signed.kid, t=content.iat, now=now, skew=skew, max_lifetime=max_lifetime)
     return OpenedEnvelope(content=content, inner_jws=signed.token, sha256=envelope_sha256(raw),
                           signing_kid=signed.kid, recipient_kid=header["kid"])

@@ -4,25 +4,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from keys.keystore import Keystore
-from keys.layout import read_card
-from protocol.card import parse_card
-from protocol.keychain import read_keyset
-
 from ..config import Settings
 from ..errors import BusyError, InputError
-from ..runtime import Node
-from ..services.integrator import IntegratorBusyError, IntegratorLock, integrate_batch
-from ..services.sending import Draft, get_outbound, status_document
-from ..services.verify import verify_log
-from ..storage.db import Database
-from ..storage.migrate import upgrade_url
 from .exits import EXIT_VERIFY_FAILED
 from .options import HomeOption, now, open_database, open_keystore, settings_for
+
+if TYPE_CHECKING:  # the heavy modules load only in the commands that need them
+    from keys.keystore import Keystore
+
+    from ..runtime import Node
+    from ..storage.db import Database
 
 DbOption = Annotated[str | None, typer.Option(
     "--database-url", help="SQLAlchemy URL (else $COMITY_DATABASE_URL, else SQLite in the home).",
@@ -34,6 +29,8 @@ audit_app = typer.Typer(no_args_is_help=True, help="The node's audit logs.")
 
 
 def _node(settings: Settings, keystore: Keystore | None = None) -> Node:
+    from ..runtime import Node
+
     return Node(settings, keystore or open_keystore(settings))
 
 
@@ -90,6 +87,7 @@ def send(
 ) -> None:
     """Seal a message once and queue it; prints its id (works whether or not the node is running)."""
     from ..api.local import send_message
+    from ..services.sending import Draft
 
     if (body is None) == (body_file is None):
         raise InputError("give exactly one of --body and --body-file")
@@ -119,6 +117,8 @@ def status(
     home: HomeOption = None, database_url: DbOption = None, as_json: JsonOption = False,
 ) -> None:
     """Delivery state of a sent message: queued, sending, delivered or failed, with its receipt."""
+    from ..services.sending import get_outbound, status_document
+
     settings = settings_for(home, database_url=database_url)
     db = _database(settings)
     try:
@@ -152,6 +152,8 @@ def inbox(home: HomeOption = None, database_url: DbOption = None, as_json: JsonO
 @db_app.command("upgrade")
 def db_upgrade(home: HomeOption = None, database_url: DbOption = None) -> None:
     """Create or migrate the database schema to this version of Comity."""
+    from ..storage.migrate import upgrade_url
+
     settings = settings_for(home, database_url=database_url)
     upgrade_url(settings.db_url)
     typer.echo("database schema is up to date", err=True)
@@ -163,6 +165,12 @@ def audit_verify(
     log_name: Annotated[str | None, typer.Option("--log", help="exchange or access [default: both].")] = None,
 ) -> None:
     """Recompute leaves, derived columns, trees and signed heads; exit 1 naming the first bad entry."""
+    from keys.layout import read_card
+    from protocol.card import parse_card
+    from protocol.keychain import read_keyset
+
+    from ..services.verify import verify_log
+
     settings = settings_for(home, database_url=database_url)
     chain = [read_keyset(d).keyset for d in parse_card(read_card(settings.home))]
     authority = chain[-1].authority
@@ -193,6 +201,8 @@ def audit_verify(
 @audit_app.command("integrate")
 def audit_integrate(home: HomeOption = None, database_url: DbOption = None) -> None:
     """Sequence pending log entries and sign heads, for a node that is not running."""
+    from ..services.integrator import IntegratorBusyError, IntegratorLock, integrate_batch
+
     settings = settings_for(home, database_url=database_url)
     keystore = open_keystore(settings)
     db = _database(settings)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -13,8 +13,9 @@ from keys.keystore import Keystore
 from keys.layout import keystore_needs_passphrase
 from keys.passphrase import resolve_passphrase
 from node.config import Settings, load_settings
-from node.storage.db import Database
-from node.storage.migrate import check_current
+
+if TYPE_CHECKING:
+    from node.storage.db import Database
 
 HomeOption = Annotated[
     Path | None,
@@ -45,6 +46,9 @@ def open_keystore(settings: Settings) -> Keystore:
 
 def open_database(settings: Settings) -> Database:
     """The node's database, refused (exit 4) unless its schema is current."""
+    from node.storage.db import Database
+    from node.storage.migrate import check_current
+
     db = Database(settings.db_url)
     try:
         check_current(db.engine)

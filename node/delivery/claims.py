@@ -153,16 +153,19 @@ def settle_retry(db: Database, claim: Claim, *, owner: str, category: str, now: 
         row = _owned(session, claim, owner)
         if row is None:
             return False
-        peer = session.get(Peer, claim.peer)
-        failures = 1
+        peer = session.get(Peer, claim.peer, with_for_update=True)
         if peer is not None and per_peer:
-            peer.failures += 1
-            failures = peer.failures
+            # One round of failures (every message in flight to a peer that is down) counts once:
+            # only the first failure after the peer's backoff ended moves the backoff on.
+            if peer.next_attempt_at <= now:
+                peer.failures += 1
+                wait = delay if delay is not None else backoff_delay(peer.failures, retry_after=retry_after)
+                peer.next_attempt_at = now + max(1, round(wait))
             peer.last_error_category, peer.last_error_at = category, now
-        wait = delay if delay is not None else backoff_delay(failures, retry_after=retry_after)
-        next_at = now + round(wait)
-        if peer is not None and per_peer:
-            peer.next_attempt_at = next_at
+            next_at = peer.next_attempt_at
+        else:
+            wait = delay if delay is not None else backoff_delay(1, retry_after=retry_after)
+            next_at = now + max(1, round(wait))
         row.state, row.lease_until, row.lease_owner = "queued", None, None
         row.next_attempt_at = next_at
         row.last_error_category, row.last_error_at = category, now

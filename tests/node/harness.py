@@ -39,6 +39,7 @@ class NodeHandle:
         self.database_url = database_url
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = home.parent / f"{authority}.log"
+        self._fingerprint: str | None = None
 
     @property
     def url(self) -> str:
@@ -71,12 +72,16 @@ class NodeHandle:
         return (self.home / "admin.token").read_text().strip()
 
     def card(self) -> Path:
+        """The node's card file (refreshed with ``fresh=True`` after a key rotation)."""
         path = self.home.parent / f"{self.authority}.card.json"
-        path.write_text(self.comity("card", "--home", str(self.home)).stdout)
+        if not path.exists():
+            path.write_text(self.comity("card", "--home", str(self.home)).stdout)
         return path
 
     def fingerprint(self) -> str:
-        return self.comity("fingerprint", "--home", str(self.home)).stdout.strip()
+        if self._fingerprint is None:
+            self._fingerprint = self.comity("fingerprint", "--home", str(self.home)).stdout.strip()
+        return self._fingerprint
 
     def pin(self, other: NodeHandle) -> None:
         self.comity("peer", "add", "--home", str(self.home), "--card", str(other.card()),

@@ -228,10 +228,16 @@ def test_retired_key_counts_for_earlier_messages() -> None:
     retired = dataclasses.replace(ks, signing_keys=(seeds.entry(key, retired_at=T0 + 60),))
     raw = g.envelope(g.inner(), label="retired-later")
     assert open_(raw, keyset=retired).content.id == g.MESSAGE_ID
+    # a key retired before the message's iat does not count
+    before = dataclasses.replace(ks, signing_keys=(seeds.entry(key, nbf=T0 - 30 * 86400, retired_at=T0 - 200),))
+    raw_after = g.envelope(g.inner(g.payload(iat=T0 - 100, exp=T0 + 3600)), label="after-retirement")
+    refused(raw_after, Category.RETIRED_KEY, keyset=before)
+    # a message old enough for its key to be retired too long ago is, first of all, expired:
+    # exp - iat <= max_lifetime, so the key rules come after freshness and name it so
     late = dataclasses.replace(ks, signing_keys=(seeds.entry(key, nbf=T0 - 30 * 86400,
                                                                   retired_at=T0 - 7 * 86400 - 301),))
     raw_old = g.envelope(g.inner(g.payload(iat=T0 - 7 * 86400 - 400, exp=T0 - 7 * 86400 - 399)), label="old")
-    refused(raw_old, Category.RETIRED_KEY, keyset=late)
+    refused(raw_old, Category.EXPIRED, keyset=late)
 
 
 @pytest.mark.parametrize(
