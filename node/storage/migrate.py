@@ -33,25 +33,30 @@ def alembic_config(url: str) -> Config:
     return cfg
 
 
+def head_revisions() -> frozenset[str]:
+    """The code's head revision(s); independent branches are allowed until a merge revision joins them."""
+    return frozenset(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())
+
+
 def head_revision() -> str | None:
-    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    return ",".join(sorted(head_revisions())) or None
 
 
-def current_revision(engine: Engine) -> str | None:
+def current_revisions(engine: Engine) -> frozenset[str]:
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        return frozenset(MigrationContext.configure(conn).get_current_heads())
 
 
 def upgrade(url: str) -> None:
-    """Bring the schema at ``url`` to the head revision."""
-    command.upgrade(alembic_config(url), "head")
+    """Bring the schema at ``url`` to the head revision(s)."""
+    command.upgrade(alembic_config(url), "heads")
 
 
 def check_current(engine: Engine) -> None:
     """Raise ``SchemaOutdatedError`` unless the schema is at head (``serve`` and ``worker`` refuse otherwise)."""
-    current, head = current_revision(engine), head_revision()
-    if current != head:
-        raise SchemaOutdatedError(current, head)
+    current, heads = current_revisions(engine), head_revisions()
+    if current != heads:
+        raise SchemaOutdatedError(",".join(sorted(current)) or None, ",".join(sorted(heads)) or None)
 
 
 def upgrade_url(url: str) -> None:
