@@ -70,7 +70,12 @@ def wait_ready(port: int, deadline: float) -> None:
     raise SystemExit(f"the node on port {port} did not become ready; see {ROOT}/*.log")
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)  # stop the nodes on SIGTERM as on Ctrl-C
     print(f"Comity demo in {ROOT} — INSECURE plain-HTTP mode (--insecure-http), 127.0.0.1 only\n")
     ensure_homes()
     procs: list[subprocess.Popen[bytes]] = []
