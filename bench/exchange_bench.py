@@ -1,0 +1,405 @@
+"""End-to-end exchange throughput and latency, as ratios to a bare FastAPI/uvicorn baseline.
+
+Run: ``.venv/bin/python bench/exchange_bench.py`` (needs ``wrk``: ``apt-get install -y wrk``, and for
+PostgreSQL a server at ``$COMITY_TEST_PG_URL``).  In one run:
+
+1. baseline: one uvicorn worker (uvloop + httptools) serving a pydantic-validated 2 KiB JSON POST,
+   pinned to CPU 0, loaded by ``wrk -t1 -c32 -d10s`` pinned to CPU 1;
+2. ``--clients``: the outbound HTTP clients against that same server (docs/adr/0004-http-client.md);
+3. per database: two real nodes (receiver B pinned to CPU 0, sender A to CPU 1); N messages queued
+   at A first (not timed); then A -> B delivered-and-receipted messages per second from the
+   worker's first claim to the last stored receipt; then the latency of single messages sent one at
+   a time through A's local API (POST, until A has stored the receipt).
+
+Prints a Markdown table.  ``--profile`` runs py-spy on both nodes during the bulk phase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+PG_URL = os.environ.get("COMITY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+BODY_BYTES = 2048
+
+BASELINE_APP = '''
+from fastapi import FastAPI
+from pydantic import BaseModel, Field
+
+
+class Message(BaseModel):
+    to: str = Field(pattern=r"^[A-Z]{2}-[A-Z0-9]{2,16}$")
+    kind: str
+    subject: str = Field(max_length=1000)
+    body: str
+
+
+app = FastAPI()
+
+
+@app.post("/messages", status_code=201)
+async def post_message(msg: Message) -> dict[str, object]:
+    return {"to": msg.to, "bytes": len(msg.body)}
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def baseline_body() -> bytes:
+    doc = {"to": "FR-DACG", "kind": "note", "subject": "benchmark", "body": ""}
+    pad = BODY_BYTES - len(json.dumps(doc))
+    doc["body"] = "x" * pad
+    return json.dumps(doc).encode()
+
+
+@dataclass
+class Baseline:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+
+
+def _ms(text: str) -> float:
+    value, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_baseline(work: Path, duration: int) -> tuple[Baseline, subprocess.Popen[bytes], int]:
+    """Start the bare server (left running for --clients) and load it with wrk."""
+    (work / "bench_app.py").write_text(BASELINE_APP)
+    port = free_port()
+    server = subprocess.Popen(
+        ["taskset", "-c", "0", sys.executable, "-m", "uvicorn", "bench_app:app", "--port", str(port),
+         "--loop", "uvloop", "--http", "httptools", "--workers", "1", "--log-level", "warning", "--no-access-log"],
+        cwd=work, env={**os.environ, "PYTHONPATH": str(work)})
+    wait_port(port)
+    script = work / "post.lua"
+    script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                      f"wrk.body = {json.dumps(baseline_body().decode())}\n")
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c32", f"-d{duration}s", "--latency", "-s",
+                          str(script), f"http://127.0.0.1:{port}/messages"], capture_output=True, text=True,
+                         check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    if " Non-2xx" in out:
+        raise RuntimeError(f"the baseline answered errors:\n{out}")
+    return Baseline(rps, p50, p99), server, port
+
+
+# --- outbound clients (docs/adr/0004-http-client.md) ---------------------------------------------------------
+
+
+async def _client_rate(kind: str, url: str, total: int, concurrency: int) -> float:
+    import httpx
+
+    body = baseline_body()
+    headers = {"Content-Type": "application/json"}
+    if kind == "aiohttp":
+        import aiohttp
+
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+            async def one_aiohttp() -> None:
+                async with session.post(url, data=body, headers=headers) as r:
+                    await r.read()
+                    assert r.status == 201
+            return await _drive(one_aiohttp, total, concurrency)
+    if kind == "httpx-aiohttp":
+        from httpx_aiohttp import AiohttpTransport
+
+        client = httpx.AsyncClient(transport=AiohttpTransport())
+    elif kind == "httpx-pool-16":
+        client = httpx.AsyncClient(limits=httpx.Limits(max_connections=16, max_keepalive_connections=16))
+    else:  # httpx: a pool as large as the concurrency (what the worker had: 2 x concurrency)
+        client = httpx.AsyncClient(limits=httpx.Limits(max_connections=concurrency,
+                                                       max_keepalive_connections=concurrency))
+    async with client:
+        async def one_httpx() -> None:
+            r = await client.post(url, content=body, headers=headers)
+            assert r.status_code == 201
+        return await _drive(one_httpx, total, concurrency)
+
+
+async def _drive(one: object, total: int, concurrency: int) -> float:
+    left = total
+    started = time.perf_counter()
+
+    async def lane() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            await one()  # type: ignore[operator]
+
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    return total / (time.perf_counter() - started)
+
+
+def run_clients(port: int) -> list[tuple[str, int, float]]:
+    rows = []
+    for concurrency in (16, 64, 256):
+        for kind in ("httpx", "httpx-pool-16", "httpx-aiohttp", "aiohttp"):
+            out = subprocess.run(["taskset", "-c", "1", sys.executable, __file__, "--client-run", kind,
+                                  str(concurrency), f"http://127.0.0.1:{port}/messages"],
+                                 capture_output=True, text=True, check=True).stdout
+            rows.append((kind, concurrency, float(out.strip())))
+    return rows
+
+
+# --- two real nodes ----------------------------------------------------------------------------------------
+
+
+def comity(home: Path, env: dict[str, str], *args: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "node.cli.main", *args, "--home", str(home)], capture_output=True,
+                          text=True, env=env, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"comity {args}: {proc.stderr}")
+    return proc.stdout
+
+
+@dataclass
+class NodeProc:
+    authority: str
+    home: Path
+    port: int
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, cpu: int) -> None:
+        log = (self.home.parent / f"{self.authority}.log").open("ab")
+        self.proc = subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-m", "node.cli.main", "serve",
+                                      "--home", str(self.home), "--insecure-http", "--port", str(self.port)],
+                                     stdout=log, stderr=log, env=self.env, cwd=REPO)
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
+
+
+def make_pair(work: Path, backend: str) -> tuple[NodeProc, NodeProc, list[str]]:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("COMITY_")}
+    base.update(PYTHONPATH=str(REPO), COMITY_LOG_FORMAT="json")
+    nodes, dbs = [], []
+    for authority in ("GB-UKCA", "FR-DACG"):
+        env = dict(base)
+        if backend == "postgres":
+            name = f"comity_bench_{os.urandom(4).hex()}"
+            admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+            with admin.connect() as conn:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+            admin.dispose()
+            env["COMITY_DATABASE_URL"] = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+            dbs.append(env["COMITY_DATABASE_URL"])
+        port = free_port()
+        home = work / backend / authority
+        home.parent.mkdir(parents=True, exist_ok=True)
+        comity(home, env, "init", "--authority", authority, "--name", authority, "--endpoint",
+               f"http://127.0.0.1:{port}/", "--insecure-no-passphrase")
+        nodes.append(NodeProc(authority, home, port, env))
+    a, b = nodes
+    for x, y in ((a, b), (b, a)):
+        card = x.home.parent / f"{y.authority}.card.json"
+        card.write_text(comity(y.home, y.env, "card"))
+        comity(x.home, x.env, "peer", "add", "--card", str(card), "--fingerprint",
+               comity(y.home, y.env, "fingerprint").strip())
+    return a, b, dbs
+
+
+def drop_databases(urls: list[str]) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for url in urls:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def db_url(node: NodeProc) -> str:
+    return node.env.get("COMITY_DATABASE_URL") or f"sqlite:///{node.home / 'comity.db'}"
+
+
+def queue_bulk(node: NodeProc, to: str, count: int) -> None:
+    from keys.keystore import Keystore
+    from node.services.sending import Draft, queue_message
+    from node.storage.db import Database
+
+    ks = Keystore.open(node.home, None)
+    db = Database(db_url(node))
+    now = int(time.time())
+    body = "x" * (BODY_BYTES - 200)
+    try:
+        for start in range(0, count, 500):
+            with db.write() as session:
+                for i in range(start, min(count, start + 500)):
+                    queue_message(session, Draft(to=to, kind="note", subject=f"bulk {i}", body=body),
+                                  me=node.authority, signer=ks.signer, message_id=os.urandom(16).hex(), now=now,
+                                  lifetime=86400, max_bytes=1 << 20)
+    finally:
+        db.dispose()
+
+
+def counts(db: object) -> tuple[int, int]:
+    """(messages ever attempted, messages delivered) at the sender."""
+    from sqlalchemy import func, select
+
+    from node.storage.models import OutboxMessage
+
+    with db.read() as session:  # type: ignore[attr-defined]
+        attempted = session.execute(select(func.count()).where(OutboxMessage.attempts > 0)).scalar_one()
+        delivered = session.execute(select(func.count()).where(OutboxMessage.state == "delivered")).scalar_one()
+    return attempted, delivered
+
+
+@dataclass
+class Exchange:
+    backend: str
+    n: int
+    rate: float
+    p50_ms: float
+    p99_ms: float
+
+
+def run_exchange(work: Path, backend: str, n: int, singles: int, profile: bool) -> Exchange:
+    import httpx
+
+    from node.storage.db import Database
+
+    a, b, dbs = make_pair(work, backend)
+    try:
+        queue_bulk(a, b.authority, n)
+        b.start(cpu=0)
+        a.start(cpu=1)
+        spies = []
+        if profile:
+            for node in (a, b):
+                assert node.proc is not None
+                spies.append(subprocess.Popen(
+                    [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(node.proc.pid), "--format",
+                     "raw", "--output", str(work / f"{backend}-{node.authority}.txt"), "--duration", "20",
+                     "--rate", "200", "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        db = Database(db_url(a))
+        first = last = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            attempted, delivered = counts(db)
+            t = time.perf_counter()
+            if first is None and attempted:
+                first = t
+            if delivered >= n:
+                last = t
+                break
+            time.sleep(0.01)
+        assert first is not None and last is not None, "the bulk delivery did not finish"
+        rate = n / (last - first)
+        for spy in spies:
+            spy.wait()
+        # single messages through the local API, one at a time: POST until the receipt is stored
+        token = (a.home / "admin.token").read_text().strip()
+        latencies = []
+        with httpx.Client(base_url=f"http://127.0.0.1:{a.port}",
+                          headers={"Authorization": f"Bearer {token}"}) as client:
+            from sqlalchemy import select
+
+            from node.storage.models import OutboxMessage
+
+            for i in range(singles):
+                started = time.perf_counter()
+                r = client.post("/api/v1/messages", json={"to": b.authority, "kind": "note",
+                                                          "subject": f"single {i}", "body": "x" * 1800})
+                mid = r.json()["id"]
+                while True:
+                    with db.read() as session:
+                        state = session.execute(select(OutboxMessage.state)
+                                                .where(OutboxMessage.message_id == mid)).scalar_one()
+                    if state == "delivered":
+                        break
+                    time.sleep(0.001)
+                latencies.append((time.perf_counter() - started) * 1000)
+        db.dispose()
+        q = statistics.quantiles(latencies, n=100)
+        return Exchange(backend, n, rate, q[49], q[98])
+    finally:
+        a.stop()
+        b.stop()
+        if dbs:
+            drop_databases(dbs)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-n", type=int, default=2000, help="messages queued for the bulk run")
+    parser.add_argument("--singles", type=int, default=200, help="single messages for the latency run")
+    parser.add_argument("--duration", type=int, default=10, help="wrk seconds")
+    parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--clients", action="store_true", help="also compare outbound HTTP clients")
+    parser.add_argument("--profile", action="store_true", help="py-spy both nodes during the bulk run")
+    parser.add_argument("--client-run", nargs=3, metavar=("KIND", "CONCURRENCY", "URL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client_run:
+        kind, concurrency, url = args.client_run
+        print(asyncio.run(_client_rate(kind, url, max(3000, 20 * int(concurrency)), int(concurrency))))
+        return
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is missing: apt-get install -y wrk")
+    work = Path(tempfile.mkdtemp(prefix="comity-bench-"))
+    base, server, port = run_baseline(work, args.duration)
+    try:
+        clients = run_clients(port) if args.clients else []
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    results = [run_exchange(work, backend, args.n, args.singles, args.profile)
+               for backend in args.backends.split(",")]
+    print(f"\nbaseline (bare FastAPI, 2 KiB pydantic POST, wrk -t1 -c32): {base.rps:.0f} req/s, "
+          f"p50 {base.p50_ms:.2f} ms, p99 {base.p99_ms:.2f} ms\n")
+    print("| database | N | delivered+receipted msg/s | x baseline | p50 ms | p99 ms | baseline p50/p50 |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r.backend} | {r.n} | {r.rate:.0f} | {r.rate / base.rps:.3f}x | {r.p50_ms:.1f} | {r.p99_ms:.1f} "
+              f"| {base.p50_ms / r.p50_ms:.3f}x |")
+    if clients:
+        print("\n| client | concurrency | req/s |\n|---|---|---|")
+        for kind, concurrency, rate in clients:
+            print(f"| {kind} | {concurrency} | {rate:.0f} |")
+    if args.profile:
+        print(f"\npy-spy profiles (raw, collapsed stacks): {work}/*-*.txt")
+
+
+if __name__ == "__main__":
+    main()
