@@ -4,8 +4,10 @@ Four secrets: the identity key (Ed25519, signs keysets only), the operational si
 (Ed25519), the encryption key (X25519) and the local storage key (32 random bytes, never
 published).  Every change issues a new signed keyset version:
 
-* an operational rotation keeps the old key listed with ``retired_at = now`` and signs the
-  new version with the (unchanged) identity key; a retired signing key's private half is
+* an operational rotation keeps the old key listed with ``retired_at = now`` (a signing key:
+  ``now + SIGNING_RETIREMENT_GRACE``, because a running node signs with it until it notices the
+  rotation, and what it signs then must still verify) and signs the new version with the
+  (unchanged) identity key; a retired signing key's private half is
   deleted at once, a retired encryption key's is kept for decryption until
   ``retired_at + max_lifetime + skew`` and deleted by the first change after that, when it
   also leaves the published keyset;
@@ -67,6 +69,9 @@ from .signers import KeystoreSigner, decryption_key, public_jwk_of
 
 RandBytes = Callable[[int], bytes]
 _STORAGE_LABEL = b"comity storage key"
+#: Seconds a rotated-out signing key stays valid: running processes reload keys within seconds
+#: (``node.keyring``), and whatever they sign meanwhile must pass the archival rules.
+SIGNING_RETIREMENT_GRACE = 60
 
 
 def key_entry(key: PrivateKey, *, nbf: int, exp: int) -> KeyEntry:
@@ -287,11 +292,11 @@ class Keystore:
         return entry.retired_at is None or now <= entry.retired_at + self.max_lifetime + self.skew
 
     def _next_entries(self, entries: tuple[KeyEntry, ...], current: str, new_key: PrivateKey | None,
-                      now: int, validity: int) -> list[KeyEntry]:
+                      now: int, validity: int, *, grace: int = 0) -> list[KeyEntry]:
         out = []
         for e in entries:
             if e.kid == current and new_key is not None:
-                e = dataclasses.replace(e, retired_at=now)
+                e = dataclasses.replace(e, retired_at=now + grace)
             if self._kept(e, now):
                 out.append(e)
         if new_key is not None:
@@ -314,7 +319,8 @@ class Keystore:
         try:
             keyset = next_keyset(
                 prev, now=now, validity=validity,
-                signing_keys=self._next_entries(prev.signing_keys, meta.signing, new_sig, now, validity),
+                signing_keys=self._next_entries(prev.signing_keys, meta.signing, new_sig, now, validity,
+                                                grace=SIGNING_RETIREMENT_GRACE),
                 encryption_keys=self._next_entries(prev.encryption_keys, meta.encryption, new_enc, now, validity),
                 identity_jwk=None if new_id is None else public_jwk_of(new_id),
             )

@@ -56,14 +56,40 @@ class Settings:
     worker_poll: float = 0.5
     worker_concurrency: int = 16
     http_timeout: float = 30.0
+    #: how long a worker's claim on a message lasts; a crashed worker's claims are taken over after it
+    lease_seconds: int = 60
+    #: how often a running node checks whether its keystore changed (SIGHUP: at once)
+    key_reload_interval: float = 2.0
+    #: seconds between polls of each peer's signed exchange-log head (witnessing; receipts are checked too)
+    witness_poll: float = 300.0
     #: honours COMITY_CRASH_AT (fault-injection tests); ``comity init`` never writes it
     testing: bool = False
     #: auto (console on a terminal, JSON otherwise) | json | console
     log_format: str = "auto"
+    #: attachments: folder of the chunk files (default HOME/blobs), and what one inbound message may carry
+    attachments_dir: Path | None = None
+    max_attachments: int = 100
+    max_attachment_bytes: int = 8 * 1024**3
+    #: free disk the node keeps: manifests that would eat into it are refused, and /readyz fails below it
+    disk_reserve_bytes: int = 1024**3
+    #: testing only (honoured with ``testing``): seconds each chunk PUT is held before its answer,
+    #: so that tests can cut a transfer mid-way
+    chunk_delay: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.lease_seconds < 1:
+            raise ConfigError(f"lease_seconds must be at least 1, not {self.lease_seconds}")
         if self.keyset_validity_days is not None and self.keyset_validity_days < 1:
             raise ConfigError(f"keyset_validity_days must be at least 1, not {self.keyset_validity_days}")
+        for name in ("max_attachments", "max_attachment_bytes", "disk_reserve_bytes"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative")
+
+    @property
+    def blobs_dir(self) -> Path:
+        """Where attachment chunks are kept: ``attachments_dir``, else ``HOME/blobs``."""
+        base = self.attachments_dir if self.attachments_dir is not None else self.home / "blobs"
+        return base if base.is_absolute() else (self.home / base)
 
     @property
     def db_url(self) -> str:

@@ -9,6 +9,21 @@ import logging
 import sys
 
 import structlog
+from structlog.typing import EventDict, WrappedLogger
+
+#: Event fields that must never reach a log, whatever a caller passes: content and secrets.
+FORBIDDEN_FIELDS = frozenset({
+    "body", "subject", "content", "plaintext", "passphrase", "password", "token", "admin_token",
+    "authorization", "private_key", "key", "jwk", "storage_key", "envelope", "inner_jws",
+})
+REDACTED = "[redacted]"
+
+
+def scrub_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Replace any forbidden field's value (defence in depth: callers log metadata only)."""
+    for name in FORBIDDEN_FIELDS.intersection(event_dict):
+        event_dict[name] = REDACTED
+    return event_dict
 
 
 def configure_logging(fmt: str = "auto", *, level: int = logging.INFO) -> None:
@@ -20,6 +35,7 @@ def configure_logging(fmt: str = "auto", *, level: int = logging.INFO) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            scrub_secrets,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

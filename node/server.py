@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import ssl
 from collections.abc import Generator
 from typing import Any
 
@@ -15,11 +17,15 @@ from .api.app import build_app
 from .config import peer_bind
 from .delivery.worker import DeliveryWorker
 from .errors import BusyError, InputError
+from .faults import arm_crash_points, crash_point
+from .keyring import keep_keys_fresh
 from .runtime import Node
 from .services.integrator import IntegratorBusyError, IntegratorLock
 from .storage.migrate import check_current
 
 log = structlog.get_logger("comity.server")
+
+INTEGRATOR_RETRY = 5.0
 
 
 class _Server(uvicorn.Server):
@@ -37,11 +43,17 @@ def _config(app: Any, host: str, port: int, **tls: Any) -> uvicorn.Config:
 
 def _make_worker(node: Node) -> DeliveryWorker:
     s = node.settings
-    verify: bool | str = s.tls_ca if s.tls_ca else True
+    verify: bool | ssl.SSLContext = ssl.create_default_context(cafile=s.tls_ca) if s.tls_ca else True
     worker = DeliveryWorker(node.db, authority=node.authority, owner=node.owner, clock=node.clock, poll=s.worker_poll,
                             concurrency=s.worker_concurrency, timeout=s.http_timeout, skew=s.skew,
-                            max_lifetime=s.max_lifetime, verify_tls=verify)
-    node.wake_worker = worker.wake
+                            max_lifetime=s.max_lifetime, verify_tls=verify, lease=s.lease_seconds,
+                            metrics=node.metrics, allow_http=s.insecure_http, witness_poll=s.witness_poll)
+
+    def queued() -> None:  # the local API calls this once a queued message has committed
+        crash_point("after_queue_commit")  # tests only
+        worker.wake()
+
+    node.wake_worker = queued
     return worker
 
 
@@ -54,8 +66,27 @@ def _acquire_integrator(node: Node) -> IntegratorLock:
     return lock
 
 
-async def _run(servers: list[_Server], worker: DeliveryWorker | None) -> None:
+async def _take_over_integrator(node: Node, stop: asyncio.Event) -> None:
+    """A worker without the integrator lock tries again every few seconds (its holder may have died)."""
+    while node.integrator is None and not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=INTEGRATOR_RETRY)
+        if stop.is_set():
+            return
+        try:
+            lock = IntegratorLock(node.db, node.home)
+            await asyncio.to_thread(lock.acquire)
+        except Exception:  # busy (or the database is away): try again later  # noqa: S112
+            continue
+        node.integrator_lock = lock
+        node.start_integrator()
+        log.info("integrator_taken_over")
+
+
+async def _run(servers: list[_Server], worker: DeliveryWorker | None, node: Node | None = None, *,
+               reissue: bool = False) -> None:
     stop = asyncio.Event()
+    hup = asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def request_stop() -> None:
@@ -65,9 +96,18 @@ async def _run(servers: list[_Server], worker: DeliveryWorker | None) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, request_stop)
+    loop.add_signal_handler(signal.SIGHUP, hup.set)
     tasks = [asyncio.create_task(s.serve()) for s in servers]
     if worker is not None:
         tasks.append(asyncio.create_task(worker.run(stop)))
+    if node is not None:
+        s = node.settings
+        upkeep = keep_keys_fresh(node.keyring, node.peer_refresher if worker is not None else None, node.db,
+                                 stop, hup, interval=s.key_reload_interval, clock=node.clock, reissue=reissue,
+                                 validity=s.keyset_validity)
+        tasks.append(asyncio.create_task(upkeep))
+        if worker is not None and node.integrator is None:
+            tasks.append(asyncio.create_task(_take_over_integrator(node, stop)))
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         if not stop.is_set():
@@ -77,7 +117,7 @@ async def _run(servers: list[_Server], worker: DeliveryWorker | None) -> None:
             if task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.remove_signal_handler(sig)
     if any(not s.started for s in servers):
         raise InputError("a listener could not start (is the port in use?)")
@@ -87,7 +127,8 @@ def serve(node: Node, *, with_worker: bool = True) -> None:
     """Run the node until SIGINT/SIGTERM."""
     s = node.settings
     check_current(node.db.engine)
-    lock = _acquire_integrator(node) if with_worker else None
+    arm_crash_points(testing=s.testing, env=os.environ)
+    lock = _try_integrator(node)
     try:
         if lock is not None:
             node.start_integrator()
@@ -108,26 +149,35 @@ def serve(node: Node, *, with_worker: bool = True) -> None:
         worker = _make_worker(node) if with_worker else None
         log.info("serving", authority=node.authority, host=host, port=port, insecure_http=s.insecure_http,
                  worker=with_worker)
-        asyncio.run(_run(servers, worker))
+        asyncio.run(_run(servers, worker, node, reissue=True))
     finally:
         node.close()
         if lock is not None:
             lock.release()
+
+
+def _try_integrator(node: Node) -> IntegratorLock | None:
+    """Integrate here unless another process of this node already does (several processes on one
+    PostgreSQL database: exactly one integrates; the others' inboxes poll for their receipts)."""
+    try:
+        return _acquire_integrator(node)
+    except BusyError:
+        log.info("integrator_elsewhere", detail="another process integrates this database's logs")
+        return None
 
 
 def run_worker(node: Node) -> None:
     """Run the delivery worker alone (no listeners); it also integrates the logs if no one else does."""
     check_current(node.db.engine)
-    try:
-        lock: IntegratorLock | None = _acquire_integrator(node)
-    except BusyError:
-        lock = None
-        log.info("integrator_elsewhere", detail="another process integrates this database's logs")
+    arm_crash_points(testing=node.settings.testing, env=os.environ)
+    lock = _try_integrator(node)
     try:
         if lock is not None:
             node.start_integrator()
-        asyncio.run(_run([], _make_worker(node)))
+        asyncio.run(_run([], _make_worker(node), node))
     finally:
         node.close()
         if lock is not None:
             lock.release()
+        if node.integrator_lock is not None:
+            node.integrator_lock.release()

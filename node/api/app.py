@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import NodeError
+from ..metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from ..runtime import Node
+from ..services.attachments import storage_unready
+from ..storage.blobs import BlobStore
 from .local import build_local_router
 from .peer import build_peer_router
 from .problems import local_problem, node_problem
@@ -34,10 +40,36 @@ def _install_handlers(app: FastAPI) -> None:
         category = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code, "http_error")
         return local_problem(e.status_code, category, str(e.detail))
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, e: Exception) -> Response:
-        log.error("unexpected_error", path=request.url.path, error=type(e).__name__)
-        return local_problem(503, "unavailable", "the node could not handle this request now; try again")
+    # Not an exception handler: Starlette re-raises after those, and the server would then log a
+    # traceback that can quote request data. This middleware answers and logs the type alone.
+    app.add_middleware(_NeverCrash)
+
+
+class _NeverCrash:
+    """Any unexpected exception becomes a 503 problem document; nothing is re-raised."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception as e:
+            log.error("unexpected_error", path=scope.get("path"), error=type(e).__name__)
+            if not started:
+                response = local_problem(503, "unavailable", "the node could not handle this request now; try again")
+                await response(scope, receive, send)
 
 
 def _health(app: FastAPI, node: Node) -> None:
@@ -57,7 +89,20 @@ def _health(app: FastAPI, node: Node) -> None:
         if integrator is not None and integrator.last_error:
             return JSONResponse({"status": "unavailable", "reason": "integrator: " + integrator.last_error[:200]},
                                 status_code=503)
+        # not ready before the disk fills: below the reserve, attachments would be refused anyway
+        reason = storage_unready(BlobStore(node.settings.blobs_dir), disk_reserve=node.settings.disk_reserve_bytes)
+        if reason:
+            return JSONResponse({"status": "unavailable", "reason": reason}, status_code=503)
         return JSONResponse({"status": "ready", "authority": node.authority})
+
+
+def _metrics(app: FastAPI, node: Node) -> None:
+    """Prometheus metrics, on the local listener only (127.0.0.1 unless configured otherwise)."""
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        body = await asyncio.to_thread(node.metrics.render)
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
 
 
 def build_app(node: Node, *, peer: bool, local: bool) -> FastAPI:
@@ -68,4 +113,5 @@ def build_app(node: Node, *, peer: bool, local: bool) -> FastAPI:
         app.include_router(build_peer_router(node))
     if local:
         app.include_router(build_local_router(node))
+        _metrics(app, node)
     return app

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
+import time
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
 
 from protocol.envelope import envelope_sha256
 from protocol.errors import Category, ProtocolError
-from protocol.merkle import consistency_proof, inclusion_proof, proof_to_hex
 
+from ..faults import crash_point
 from ..runtime import Node
+from ..services.audit import append_entry
 from ..services.peers import peer_lookup
 from ..services.receiving import (
     Accepted,
@@ -29,12 +30,15 @@ from ..services.receiving import (
     store_inbound,
     stored_receipt,
 )
-from ..storage.models import AuditEntry, AuditHead
+from ..storage.models import InboxMessage
+from .peer_attachments import AttachmentRoutes
+from .peer_log import register_log_routes
 from .problems import peer_problem
 
 MEDIA_JOSE = "application/jose"
 MEDIA_JOSE_JSON = "application/jose+json"
 DUPLICATE_WAIT = 5.0
+DUPLICATE_LOG_INTERVAL = 600.0
 RECEIPT_WAIT = 10.0
 
 
@@ -46,11 +50,13 @@ def _receipt(body: bytes, *, duplicate: bool) -> Response:
 def build_peer_router(node: Node) -> APIRouter:
     router = APIRouter()
     limits = InboxLimits(skew=node.settings.skew, max_lifetime=node.settings.max_lifetime,
-                         max_bytes=node.settings.envelope_max_bytes)
+                         max_bytes=node.settings.envelope_max_bytes, max_attachments=node.settings.max_attachments,
+                         max_attachment_bytes=node.settings.max_attachment_bytes)
     lookup = peer_lookup(node.db)
 
     def refusal(category: Category, *, aud: str | None, sha: str | None, detail: str | None = None,
                 retry_after: int | None = None) -> Response:
+        node.metrics.rejections.labels(category=category.value).inc()
         rejected = Rejected(category, detail or "", aud, sha or "")
         token = sign_rejection(rejected, authority=node.authority, signer=node.keystore.signer, now=node.clock()) \
             if sha is not None else None
@@ -101,6 +107,9 @@ def build_peer_router(node: Node) -> APIRouter:
         found, receipt = await asyncio.to_thread(_lookup, sha)
         if found:
             return await duplicate_answer(sha, receipt)
+        pending = await attachments.pending_answer(sha)  # bytes held as pending: their state again (202)
+        if pending is not None:
+            return pending
         now = node.clock()
         try:
             opened = await asyncio.to_thread(
@@ -110,20 +119,44 @@ def build_peer_router(node: Node) -> APIRouter:
         except ProtocolError as e:
             rejected = rejected_from(e, raw)
             sender = getattr(e, "authenticated_sender", None)
+            if e.category == Category.UNKNOWN_SIGNING_KEY and rejected.aud is not None:
+                # the sender may have rotated its signing key: fetch its keyset (at most once a minute)
+                node.peer_refresher.request(rejected.aud, reason="unknown_kid")
             source = request.client.host if request.client else "unknown"
             await asyncio.to_thread(record_rejection, node.db, rejected, authenticated=sender, source=source,
                                     message_id=None, now=now)
             return refusal(rejected.category, aud=rejected.aud, sha=sha, detail=e.detail)
+        if opened.content.attachments:
+            return await attachments.post_pending(opened, raw, now=now)
         result = await asyncio.to_thread(store_inbound, node.db, opened, raw, now=now)
         if isinstance(result, Accepted):
+            crash_point("inbox_after_commit_before_response")  # tests only
             receipt = await await_receipt(result.seq)
             if receipt is None:
                 return refusal(Category.UNAVAILABLE, aud=opened.content.iss, sha=sha,
                                detail="stored; the receipt is not signed yet", retry_after=1)
+            crash_point("inbox_after_receipt_before_response")  # tests only
             return _receipt(receipt, duplicate=False)
         if isinstance(result, Duplicate):
             return await duplicate_answer(sha, None)
         return refusal(result.category, aud=result.aud, sha=sha, detail=result.detail)
+
+    duplicates_logged: dict[str, float] = {}
+
+    def log_duplicate(sha: str) -> None:
+        """A ``duplicate`` exchange-log entry, at most once per envelope per interval (a flood of
+        replays must not flood the log)."""
+        t = time.monotonic()
+        if t - duplicates_logged.get(sha, -DUPLICATE_LOG_INTERVAL) < DUPLICATE_LOG_INTERVAL:
+            return
+        if len(duplicates_logged) > 10_000:
+            duplicates_logged.clear()
+        duplicates_logged[sha] = t
+        with node.db.write() as session:
+            held = session.execute(select(InboxMessage.sender, InboxMessage.message_id)
+                                   .where(InboxMessage.envelope_sha256 == sha)).first()
+            append_entry(session, event="duplicate", at=node.clock(), envelope_sha256=sha,
+                         peer=held.sender if held else None, message_id=held.message_id if held else None)
 
     async def duplicate_answer(sha: str, receipt: bytes | None) -> Response:
         if receipt is None:
@@ -131,7 +164,12 @@ def build_peer_router(node: Node) -> APIRouter:
             receipt = await await_stored_receipt(sha, wait=DUPLICATE_WAIT)
         if receipt is None:
             return refusal(Category.UNAVAILABLE, aud=None, sha=sha, detail="receipt not signed yet", retry_after=1)
+        await asyncio.to_thread(log_duplicate, sha)
         return _receipt(receipt, duplicate=True)
+
+    attachments = AttachmentRoutes(node, refusal=refusal, await_receipt=await_receipt,
+                                   duplicate_answer=duplicate_answer)
+    attachments.register(router)
 
     @router.get("/.well-known/comity/keyset")
     async def keyset_newest() -> Response:
@@ -144,51 +182,6 @@ def build_peer_router(node: Node) -> APIRouter:
             return JSONResponse({"category": "not_found", "detail": f"no keyset version {version}"}, status_code=404)
         return Response(docs[version - 1], media_type=MEDIA_JOSE_JSON)
 
-    def leaf_hashes(session: object, size: int) -> list[bytes]:
-        rows = session.execute(  # type: ignore[attr-defined]
-            select(AuditEntry.leaf_hash).where(AuditEntry.log == "exchange", AuditEntry.leaf_index < size)
-            .order_by(AuditEntry.leaf_index)
-        ).scalars()
-        return [bytes.fromhex(h) for h in rows]
-
-    @router.get("/comity/v1/log/exchange/head")
-    async def log_head() -> Response:
-        with node.db.read() as session:
-            head = session.scalars(select(AuditHead).where(AuditHead.log == "exchange")
-                                   .order_by(AuditHead.tree_size.desc()).limit(1)).first()
-        if head is None:
-            return JSONResponse({"category": "not_found", "detail": "the exchange log is empty"}, status_code=404)
-        return Response(head.head_jws, media_type=MEDIA_JOSE)
-
-    @router.get("/comity/v1/log/exchange/consistency")
-    async def log_consistency(first: int = Query(ge=0), second: int = Query(ge=0)) -> Response:
-        with node.db.read() as session:
-            newest = session.scalars(select(AuditHead.tree_size).where(AuditHead.log == "exchange")
-                                     .order_by(AuditHead.tree_size.desc()).limit(1)).first() or 0
-            if not first <= second <= newest:
-                return JSONResponse({"category": "bad_proof", "detail": "need first <= second <= newest tree size"},
-                                    status_code=400)
-            hashes = leaf_hashes(session, second)
-        proof = consistency_proof(hashes, first, second) if 0 < first < second else []
-        return JSONResponse({"first": first, "second": second, "proof": proof_to_hex(proof)})
-
-    @router.get("/comity/v1/log/exchange/inclusion")
-    async def log_inclusion(envelope_sha256: str = Query(pattern="^[0-9a-f]{64}$"),
-                            tree_size: int = Query(ge=1)) -> Response:
-        with node.db.read() as session:
-            entry = session.scalars(select(AuditEntry).where(
-                AuditEntry.log == "exchange", AuditEntry.envelope_sha256 == envelope_sha256,
-                AuditEntry.leaf_index.is_not(None), AuditEntry.leaf_index < tree_size,
-            ).order_by(AuditEntry.leaf_index).limit(1)).first()
-            if entry is None or entry.leaf_index is None:
-                return JSONResponse({"category": "not_found", "detail": "no such entry in that tree"},
-                                    status_code=404)
-            hashes = leaf_hashes(session, tree_size)
-            if len(hashes) < tree_size:
-                return JSONResponse({"category": "bad_proof", "detail": "tree_size beyond the log"}, status_code=400)
-            proof = inclusion_proof(hashes, entry.leaf_index, tree_size)
-            leaf = base64.urlsafe_b64encode(entry.leaf).rstrip(b"=").decode()
-            return JSONResponse({"leaf": leaf, "leaf_index": entry.leaf_index, "tree_size": tree_size,
-                                 "proof": proof_to_hex(proof)})
+    register_log_routes(router, node)  # exchange-log heads and proofs, redelivery (peer_log.py)
 
     return router

@@ -10,7 +10,7 @@ import typer
 
 from ..config import Settings
 from ..errors import BusyError, InputError
-from .exits import EXIT_VERIFY_FAILED
+from . import audit_cmds
 from .options import HomeOption, now, open_database, open_keystore, settings_for
 
 if TYPE_CHECKING:  # the heavy modules load only in the commands that need them
@@ -26,6 +26,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable outpu
 
 db_app = typer.Typer(no_args_is_help=True, help="The node's database schema.")
 audit_app = typer.Typer(no_args_is_help=True, help="The node's audit logs.")
+attachment_app = typer.Typer(no_args_is_help=True, help="Attachments of received messages.")
 
 
 def _node(settings: Settings, keystore: Keystore | None = None) -> Node:
@@ -59,7 +60,11 @@ def serve(
     node = _node(settings)
     if settings.insecure_http:
         typer.echo(f"{node.authority}: INSECURE plain-HTTP mode (--insecure-http): for local tests only", err=True)
-    run_serve(node, with_worker=not no_worker)
+    recorder = audit_cmds.open_audit(node)  # refuses a database older than HOME/heads; keeps that file current
+    try:
+        run_serve(node, with_worker=not no_worker)
+    finally:
+        recorder.close()
 
 
 def worker(
@@ -72,7 +77,12 @@ def worker(
 
     settings = settings_for(home, database_url=database_url, insecure_http=insecure_http or None)
     configure_logging(settings.log_format)
-    run_worker(_node(settings))
+    node = _node(settings)
+    recorder = audit_cmds.open_audit(node)
+    try:
+        run_worker(node)
+    finally:
+        recorder.close()
 
 
 def send(
@@ -83,6 +93,8 @@ def send(
     body_file: Annotated[Path | None, typer.Option(help="Read the body from this file.", show_default=False)] = None,
     thread: Annotated[str | None, typer.Option(help="Thread id this message belongs to.")] = None,
     request: Annotated[str | None, typer.Option(help="Formal request id it relates to.")] = None,
+    attach: Annotated[list[Path] | None, typer.Option(
+        "--attach", help="Attach this file (repeatable; names must differ).", show_default=False)] = None,
     home: HomeOption = None, database_url: DbOption = None,
 ) -> None:
     """Seal a message once and queue it; prints its id (works whether or not the node is running)."""
@@ -91,13 +103,32 @@ def send(
 
     if (body is None) == (body_file is None):
         raise InputError("give exactly one of --body and --body-file")
-    text = body if body is not None else body_file.read_text(encoding="utf-8")  # type: ignore[union-attr]
+    files = list(attach or [])
+    if files:
+        from ..services.attachment_files import check_attachment_names
+
+        check_attachment_names(files)  # duplicates and unsendable names are refused before any work
+    if body is not None:
+        text = body
+    else:
+        assert body_file is not None
+        try:
+            text = body_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read --body-file {body_file}: {getattr(e, 'strerror', None) or e}") from e
     settings = settings_for(home, database_url=database_url)
     node = _node(settings)
     try:
         open_database(settings).dispose()
-        message_id = send_message(node, Draft(to=to, kind=kind, subject=subject, body=text, thread=thread,
-                                              request=request))
+        draft = Draft(to=to, kind=kind, subject=subject, body=text, thread=thread, request=request)
+        if files:
+            from ..services.attachment_files import queue_with_attachments
+            from .progress import byte_progress
+
+            with byte_progress(sum(f.stat().st_size for f in files), "encrypting") as advance:
+                message_id = queue_with_attachments(node, draft, files, progress=advance)
+        else:
+            message_id = send_message(node, draft)
     finally:
         node.close()
     typer.echo(f"queued for {to}", err=True)
@@ -130,6 +161,10 @@ def status(
     lines = [f"{doc['id']} to {doc['to']} ({doc['kind']}): {doc['state']}, {doc['attempts']} attempt(s)"]
     if err:
         lines.append(f"last error: {err['category']} at {err['at']}")
+    if doc.get("attachments"):
+        att = doc["attachments"]
+        lines.append(f"attachments: {att['count']}, {att['chunks_acknowledged']} of {att['chunks_total']} "
+                     "chunks acknowledged by the peer")
     if doc["receipt"]:
         r = doc["receipt"]
         lines.append(f"receipt: received_at {r['received_at']}, peer log leaf {r['leaf_index']} of {r['tree_size']}")
@@ -137,13 +172,14 @@ def status(
 
 
 def inbox(home: HomeOption = None, database_url: DbOption = None, as_json: JsonOption = False) -> None:
-    """Messages received, oldest first."""
+    """Messages received, oldest first (a read of their subjects, recorded in the access log)."""
     from ..api.local import inbox_listing
+    from ..services.access import cli_actor
 
     settings = settings_for(home, database_url=database_url)
     db = _database(settings)
     try:
-        items = inbox_listing(db)
+        items = inbox_listing(db, actor=cli_actor(), now=now(), route="cli:inbox")
     finally:
         db.dispose()
     _print(items, as_json, [f"{m['id']}  {m['from']:<12} {m['kind']:<13} {m['subject']}" for m in items])
@@ -157,45 +193,6 @@ def db_upgrade(home: HomeOption = None, database_url: DbOption = None) -> None:
     settings = settings_for(home, database_url=database_url)
     upgrade_url(settings.db_url)
     typer.echo("database schema is up to date", err=True)
-
-
-@audit_app.command("verify")
-def audit_verify(
-    home: HomeOption = None, database_url: DbOption = None, as_json: JsonOption = False,
-    log_name: Annotated[str | None, typer.Option("--log", help="exchange or access [default: both].")] = None,
-) -> None:
-    """Recompute leaves, derived columns, trees and signed heads; exit 1 naming the first bad entry."""
-    from keys.layout import read_card
-    from protocol.card import parse_card
-    from protocol.keychain import read_keyset
-
-    from ..services.verify import verify_log
-
-    settings = settings_for(home, database_url=database_url)
-    chain = [read_keyset(d).keyset for d in parse_card(read_card(settings.home))]
-    authority = chain[-1].authority
-    logs = [log_name] if log_name else ["exchange", "access"]
-    for name in logs:
-        if name not in ("exchange", "access"):
-            raise InputError(f"unknown log {name!r}: exchange or access")
-    db = _database(settings)
-    try:
-        with db.read() as session:
-            reports = [verify_log(session, name, authority=authority, chain=chain) for name in logs]
-    finally:
-        db.dispose()
-    lines = []
-    for r in reports:
-        state = "ok" if r.ok else "FAILED"
-        lines.append(f"{r.log}: {state}, {r.tree_size} entries, {r.heads_checked} signed heads, "
-                     f"{r.pending} pending, root {r.root}")
-        if r.first_bad:
-            lines.append(f"  first bad entry: {r.first_bad.index} ({r.first_bad.column}): {r.first_bad.reason}")
-        if r.bad_range:
-            lines.append(f"  bad between heads at sizes {r.bad_range[0]} and {r.bad_range[1]}")
-    _print([r.to_json() for r in reports], as_json, lines)
-    if not all(r.ok for r in reports):
-        raise typer.Exit(EXIT_VERIFY_FAILED)
 
 
 @audit_app.command("integrate")
@@ -226,6 +223,41 @@ def audit_integrate(home: HomeOption = None, database_url: DbOption = None) -> N
     typer.echo(f"integrated {total} entries", err=True)
 
 
+@attachment_app.command("get")
+def attachment_get(
+    message_id: Annotated[str, typer.Argument(help="The received message's id.", show_default=False)],
+    att: Annotated[str, typer.Argument(help="The attachment's name as sent, or its 0-based index.",
+                                       show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="Write the decrypted file here.", show_default=False)],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --out if it exists.")] = False,
+    home: HomeOption = None, database_url: DbOption = None,
+) -> None:
+    """Decrypt one attachment of a received message to --out, checking its size and SHA-256."""
+    from ..services.access import cli_actor, record_content_read
+    from ..services.attachment_files import export_attachment, pick_attachment, received_attachments
+    from ..storage.blobs import BlobStore
+    from .progress import byte_progress
+
+    settings = settings_for(home, database_url=database_url)
+    keystore = open_keystore(settings)
+    db = _database(settings)
+    try:
+        with db.read() as session:
+            _, rows = received_attachments(session, message_id)
+            row = pick_attachment(rows, att)
+        if out.exists() and not force:
+            raise InputError(f"{out} exists; pass --force to overwrite it")
+        with byte_progress(row.size, "decrypting") as advance:
+            export_attachment(BlobStore(settings.blobs_dir), keystore.storage_key, row, out, force=force,
+                              progress=advance)
+        with db.write() as session:
+            record_content_read(session, actor=cli_actor(), ids=[row.message_id], at=now(),
+                                route="cli:attachment get", event="attachment_exported")
+    finally:
+        db.dispose()
+    typer.echo(f"{out}: {row.size} bytes, SHA-256 checked", err=True)
+
+
 def register(app: typer.Typer) -> None:
     app.command()(serve)
     app.command()(worker)
@@ -233,4 +265,9 @@ def register(app: typer.Typer) -> None:
     app.command()(status)
     app.command()(inbox)
     app.add_typer(db_app, name="db")
+    audit_app.command("verify")(audit_cmds.audit_verify)
+    audit_app.command("export")(audit_cmds.audit_export)
+    db_app.command("restored")(audit_cmds.db_restored)
     app.add_typer(audit_app, name="audit")
+    app.add_typer(audit_cmds.evidence_app, name="evidence")
+    app.add_typer(attachment_app, name="attachment")

@@ -41,7 +41,7 @@ def open_keystore(settings: Settings) -> Keystore:
     """Open the keystore, asking for the passphrase only when it has one."""
     home = settings.home
     passphrase = passphrase_for() if keystore_needs_passphrase(home) else None
-    return Keystore.open(home, passphrase)
+    return Keystore.open(home, passphrase, skew=settings.skew, max_lifetime=settings.max_lifetime)
 
 
 def open_database(settings: Settings) -> Database:

@@ -16,6 +16,7 @@ from keys.truststore import PeerRecord
 
 from ..services.peers import delivery_health
 from ..services.trust import pin_peer_card, remove_peer
+from ..services.witness import log_status
 from ..storage.trust import DbTrustStore
 from .options import HomeOption, now, open_database, settings_for
 
@@ -93,18 +94,22 @@ def list_peers(
         with db.read() as session:
             records = DbTrustStore(session).list()
             health = delivery_health(session)
+            witnessed = log_status(session)
     finally:
         db.dispose()
+    unknown = {"log_status": "unknown", "log_status_detail": None, "log_status_at": None, "log_tree_size": None}
     if as_json:
-        listing = [{**peer_listing(r), **health.get(r.authority, {})} for r in records]
+        listing = [{**peer_listing(r), **health.get(r.authority, {}), **witnessed.get(r.authority, unknown)}
+                   for r in records]
         typer.echo(json.dumps(listing, indent=2, ensure_ascii=False))
         return
     if not records:
         typer.echo("no pinned peers", err=True)
     for r in records:
         pending = f" (pending: {r.pending_endpoint})" if r.pending_endpoint else ""
+        status = witnessed.get(r.authority, unknown)["log_status"]
         typer.echo(f"{r.authority}\tv{r.keyset.version}\texpires {_when(r.keyset.expires_at)}\t"
-                   f"{r.endpoint}{pending}\t{r.current_fingerprint}")
+                   f"{r.endpoint}{pending}\t{r.current_fingerprint}\tlog {status}")
 
 
 @peer_app.command("remove")

@@ -1,6 +1,6 @@
 """Claiming and settling deliveries.  A claim is a short committed transaction with a lease.
 
-No transaction is held during HTTP.  A claim sets a lease (at most 60 s); an expired lease is
+No transaction is held during HTTP.  A claim sets a lease (``lease_seconds``, default 60 s); an expired lease is
 claimable again.  At most one message is in flight per conversation (peer + thread or
 request), so conversations stay in order; a peer in backoff holds up only its own messages.
 """
@@ -81,16 +81,19 @@ def _due_query(now: int, limit: int, skip_locked: bool) -> object:
     return q
 
 
-def claim_due_deliveries(db: Database, *, owner: str, now: int, limit: int, skew: int = 300) -> list[Claim]:
-    """Claim up to ``limit`` due messages for ``owner`` (``FOR UPDATE SKIP LOCKED`` on PostgreSQL)."""
+def claim_due_deliveries(db: Database, *, owner: str, now: int, limit: int, skew: int = 300,
+                         lease: int = LEASE_SECONDS, expire: bool = True) -> list[Claim]:
+    """Claim up to ``limit`` due messages for ``owner`` for ``lease`` seconds (``FOR UPDATE SKIP LOCKED``
+    on PostgreSQL); with ``expire``, first end the messages past their lifetime."""
     with db.write() as session:
-        fail_expired(session, now=now, skew=skew)
+        if expire:
+            fail_expired(session, now=now, skew=skew)
         seqs = list(session.scalars(_due_query(now, limit, skip_locked=not db.sqlite)))  # type: ignore[call-overload]
         if not seqs:
             return []
         session.execute(
             update(OutboxMessage).where(OutboxMessage.seq.in_(seqs)).values(
-                state="sending", lease_until=now + LEASE_SECONDS, lease_owner=owner,
+                state="sending", lease_until=now + lease, lease_owner=owner,
                 attempts=OutboxMessage.attempts + 1,
             )
         )
@@ -109,8 +112,8 @@ def claim_due_deliveries(db: Database, *, owner: str, now: int, limit: int, skew
 
 def _owned(session: Session, claim: Claim, owner: str) -> OutboxMessage | None:
     row = session.get(OutboxMessage, claim.seq)
-    if row is None or row.state != "sending" or row.lease_owner != owner:
-        return None  # the lease expired and another worker took over: its result counts
+    if row is None or row.state != "sending" or row.lease_owner != owner or row.attempts != claim.attempt:
+        return None  # the lease expired and a newer claim (another worker, or this one) owns the message
     return row
 
 
@@ -164,7 +167,7 @@ def settle_retry(db: Database, claim: Claim, *, owner: str, category: str, now: 
             peer.last_error_category, peer.last_error_at = category, now
             next_at = peer.next_attempt_at
         else:
-            wait = delay if delay is not None else backoff_delay(1, retry_after=retry_after)
+            wait = delay if delay is not None else backoff_delay(claim.attempt, retry_after=retry_after)
             next_at = now + max(1, round(wait))
         row.state, row.lease_until, row.lease_owner = "queued", None, None
         row.next_attempt_at = next_at
@@ -184,4 +187,22 @@ def replace_envelope(db: Database, claim: Claim, *, owner: str, envelope: bytes,
         row.state, row.lease_until, row.lease_owner, row.next_attempt_at = "queued", None, None, now
         append_entry(session, event="resealed", at=now, message_id=claim.message_id, peer=claim.peer,
                      envelope_sha256=sha256, details={"kid": recipient_kid, "reason": f"replaces {old}"})
+        return True
+
+
+def extend_lease(db: Database, claim: Claim, *, owner: str, now: int, lease: int = LEASE_SECONDS,
+                 acknowledged: dict[int, int] | None = None) -> bool:
+    """Keep the claim of a long attachment transfer (and record its progress: chunks acknowledged per
+    attachment); False if the lease was lost, and the transfer must stop."""
+    from ..storage.models import OutboxAttachment
+
+    with db.write() as session:
+        row = _owned(session, claim, owner)
+        if row is None:
+            return False
+        row.lease_until = max(row.lease_until or 0, now + lease)
+        for att, count in (acknowledged or {}).items():
+            session.execute(update(OutboxAttachment).where(
+                OutboxAttachment.message_id == claim.message_id, OutboxAttachment.att == att,
+            ).values(acknowledged=count))
         return True

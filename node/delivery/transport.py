@@ -7,13 +7,18 @@ connection, a timeout) is retryable.
 
 from __future__ import annotations
 
-import json
+import asyncio
 from dataclasses import dataclass
 
 import httpx
 
+from protocol.errors import ProtocolError
+from protocol.strictjson import parse_object
+
 MEDIA_JOSE = "application/jose"
 MEDIA_PROBLEM = "application/problem+json"
+#: A receipt or a problem document is small; a peer that sends more is cut off (never buffered whole).
+MAX_RESPONSE_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -42,27 +47,44 @@ def _retry_after(value: str | None) -> int | None:
         return None
 
 
+async def read_capped(resp: httpx.Response, limit: int = MAX_RESPONSE_BYTES) -> bytes | None:
+    """The body of a streamed response, or None as soon as it exceeds ``limit``."""
+    body = bytearray()
+    async for piece in resp.aiter_bytes():
+        body += piece
+        if len(body) > limit:
+            return None
+    return bytes(body)
+
+
 async def post_envelope(client: httpx.AsyncClient, endpoint: str, envelope: bytes, *,
                         timeout: float) -> Response | TransportFailure:
+    """One POST with a total deadline of ``timeout`` seconds (connect, send, wait and read together)."""
     try:
-        resp = await client.post(
-            inbox_url(endpoint), content=envelope,
-            headers={"Content-Type": MEDIA_JOSE, "Accept": f"{MEDIA_JOSE}, {MEDIA_PROBLEM}"},
-            timeout=timeout,
-        )
+        async with asyncio.timeout(timeout):
+            async with client.stream(
+                "POST", inbox_url(endpoint), content=envelope, timeout=timeout,
+                headers={"Content-Type": MEDIA_JOSE, "Accept": f"{MEDIA_JOSE}, {MEDIA_PROBLEM}"},
+            ) as resp:
+                body = await read_capped(resp)
+                if body is None:
+                    return TransportFailure("response_too_large")
+                return Response(resp.status_code, body,
+                                resp.headers.get("content-type", "").split(";")[0].strip(),
+                                _retry_after(resp.headers.get("retry-after")))
+    except TimeoutError:
+        return TransportFailure("timeout")
     except httpx.HTTPError as e:
         return TransportFailure(type(e).__name__)
-    return Response(resp.status_code, resp.content, resp.headers.get("content-type", "").split(";")[0].strip(),
-                    _retry_after(resp.headers.get("retry-after")))
 
 
 def error_jws_of(resp: Response) -> bytes | None:
     """The signed error inside a problem+json body, or None if there is none to trust."""
-    if resp.content_type != MEDIA_PROBLEM or len(resp.body) > 64 * 1024:
+    if resp.content_type != MEDIA_PROBLEM:
         return None
     try:
-        doc = json.loads(resp.body)
-    except ValueError:
+        doc = parse_object(resp.body, max_bytes=MAX_RESPONSE_BYTES, max_depth=8)
+    except ProtocolError:
         return None
-    token = doc.get("error_jws") if isinstance(doc, dict) else None
+    token = doc.get("error_jws")
     return token.encode("ascii") if isinstance(token, str) and token.isascii() else None

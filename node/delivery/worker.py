@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 from collections.abc import Callable
 
@@ -22,10 +23,14 @@ from protocol.keysets import Keyset
 from protocol.receipts import verify_receipt
 from protocol.rejections import verify_error
 
+from ..faults import crash_point
+from ..metrics import NodeMetrics
 from ..services.peers import peer_keyset
 from ..storage.db import Database
 from ..storage.models import Peer
+from .attachments import ChunkSender
 from .claims import (
+    LEASE_SECONDS,
     Claim,
     claim_due_deliveries,
     replace_envelope,
@@ -33,21 +38,38 @@ from .claims import (
     settle_failed,
     settle_retry,
 )
+from .client import outbound_client
 from .refresh import RefreshError, refresh_peer_keyset
 from .transport import MEDIA_JOSE, Response, TransportFailure, error_jws_of, post_envelope
+from .witness import PeerWitness
 
 log = structlog.get_logger("comity.delivery")
 
 REFRESH_MIN_INTERVAL = 60.0
+EXPIRY_EVERY = 10.0  # seconds between sweeps for messages past their lifetime
+#: Retryable refusals that concern one message, not the peer as a whole.
+MESSAGE_SCOPED = frozenset({Category.NOT_YET_VALID, Category.UNKNOWN_SIGNING_KEY, Category.SENDER_KEYSET_EXPIRED,
+                            Category.ATTACHMENTS_INCOMPLETE, Category.UNKNOWN_MESSAGE})
+
+
+def _outcome(resp: Response | TransportFailure) -> str:
+    """The attempt-metric label of a raw response (before any verification)."""
+    if isinstance(resp, TransportFailure):
+        return "unreachable"
+    if resp.status in (200, 201) and resp.content_type == MEDIA_JOSE:
+        return "receipt"
+    return f"http_{resp.status}"
 
 
 class DeliveryWorker:
     def __init__(
         self, db: Database, *, authority: str, owner: str, clock: Callable[[], int] = lambda: int(time.time()),
         poll: float = 0.5, concurrency: int = 16, timeout: float = 30.0, skew: int = 300,
-        max_lifetime: int = 7 * 86400, verify_tls: bool | str = True,
+        max_lifetime: int = 7 * 86400, verify_tls: bool | ssl.SSLContext = True, lease: int = LEASE_SECONDS,
+        metrics: NodeMetrics | None = None, witness_poll: float = 300.0, allow_http: bool = False,
     ) -> None:
         self.db = db
+        self.allow_http = allow_http  # plain-HTTP peer endpoints only in --insecure-http mode
         self.authority = authority
         self.owner = owner
         self.clock = clock
@@ -57,24 +79,35 @@ class DeliveryWorker:
         self.skew = skew
         self.max_lifetime = max_lifetime
         self.verify_tls = verify_tls
+        self.lease = lease
+        self.metrics = metrics
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._last_refresh: dict[str, float] = {}
+        self._next_expiry = 0.0
+        self.chunks = ChunkSender(db, owner=owner, clock=clock, timeout=timeout, lease=lease)
+        self.witness = PeerWitness(db, clock=clock, skew=skew, max_lifetime=max_lifetime, poll=witness_poll)
 
     def wake(self) -> None:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        limits = httpx.Limits(max_connections=self.concurrency * 2, max_keepalive_connections=self.concurrency)
-        async with httpx.AsyncClient(limits=limits, verify=self.verify_tls, trust_env=False) as client:
+        async with outbound_client(verify=self.verify_tls, connections=self.concurrency * 2) as client:
+            witness = asyncio.create_task(self.witness.run(client, stop))  # peers' logs, redelivery requests
             while not stop.is_set():
                 free = self.concurrency - len(self._in_flight)
-                if free > 0:
+                # claim in batches: one claim transaction per half a window, not one per finished message
+                if free >= max(1, self.concurrency // 2) or (free > 0 and not self._in_flight):
+                    expire = time.monotonic() >= self._next_expiry
+                    if expire:
+                        self._next_expiry = time.monotonic() + EXPIRY_EVERY
                     try:
                         claims = await asyncio.to_thread(
                             claim_due_deliveries, self.db, owner=self.owner, now=self.clock(), limit=free,
-                            skew=self.skew,
+                            skew=self.skew, lease=self.lease, expire=expire,
                         )
+                        if claims:
+                            crash_point("after_claim_commit")  # tests only
                     except Exception as e:  # the database may be briefly unavailable; keep polling
                         log.error("claim_failed", error=type(e).__name__, detail=str(e)[:200])
                         claims = []
@@ -89,6 +122,7 @@ class DeliveryWorker:
                     await asyncio.wait_for(self._wake.wait(), timeout=self.poll)
             if self._in_flight:
                 await asyncio.wait(self._in_flight, timeout=self.timeout)
+            await witness
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
@@ -128,7 +162,19 @@ class DeliveryWorker:
 
     async def _deliver(self, client: httpx.AsyncClient, claim: Claim) -> None:
         blog = log.bind(message_id=claim.message_id, peer=claim.peer, attempt=claim.attempt)
+        if not self.allow_http and not claim.endpoint.lower().startswith("https://"):
+            blog.warning("insecure_endpoint_refused",
+                         detail="the peer's endpoint is not https (--insecure-http is for local test federations)")
+            await asyncio.to_thread(settle_retry, self.db, claim, owner=self.owner, category="insecure_endpoint",
+                                    now=self.clock())
+            return
+        started = time.perf_counter()
         resp = await post_envelope(client, claim.endpoint, claim.envelope, timeout=self.timeout)
+        if isinstance(resp, Response) and resp.status == 202:
+            # attachments: PUT the chunks the peer lacks, then commit; judge the commit's answer below
+            resp = await self.chunks.transfer(client, claim, resp, blog)
+        if self.metrics is not None:
+            self.metrics.observe_attempt(claim.peer, _outcome(resp), started)
         now = self.clock()
         if isinstance(resp, TransportFailure):
             blog.info("delivery_unreachable", reason=resp.reason)
@@ -162,12 +208,16 @@ class DeliveryWorker:
         from protocol.receipts import Receipt
 
         assert isinstance(receipt, Receipt)
+        crash_point("after_post_before_receipt_stored")  # tests only
         await asyncio.to_thread(
             settle_delivered, self.db, claim, owner=self.owner, receipt_jws=resp.body,
             received_at=receipt.received_at, leaf_index=receipt.leaf_index, tree_size=receipt.tree_size,
             root=receipt.root, now=self.clock(),
         )
+        if self.metrics is not None:
+            self.metrics.receipts.labels(direction="received").inc()
         blog.info("delivered", duplicate=resp.status == 200, peer_leaf_index=receipt.leaf_index)
+        await self.witness.observe(claim.peer, receipt.tree_size, receipt.root, resp.body)
 
     async def _on_signed_error(self, client: httpx.AsyncClient, claim: Claim, resp: Response, token: bytes,
                                blog: structlog.typing.FilteringBoundLogger) -> None:
@@ -193,8 +243,11 @@ class DeliveryWorker:
             await self._reseal(client, claim, err.category.value, blog)
         else:
             blog.info("delivery_retry", category=err.category.value)
+            # a refusal about this message (its time, its signing key, its chunks) backs off the
+            # message alone; a refusal about the peer's state (busy, unavailable) backs off the peer
             await asyncio.to_thread(settle_retry, self.db, claim, owner=self.owner, category=err.category.value,
-                                    now=now, retry_after=resp.retry_after)
+                                    now=now, retry_after=resp.retry_after,
+                                    per_peer=err.category not in MESSAGE_SCOPED)
 
     async def _reseal(self, client: httpx.AsyncClient, claim: Claim, category: str,
                       blog: structlog.typing.FilteringBoundLogger) -> None:

@@ -26,6 +26,11 @@ DETAIL_NAMES = frozenset(
         "attempt", "category", "status", "receipt_sha256", "peer_tree_size", "peer_root", "peer_leaf_index",
         "keyset_version", "kid", "source", "kind", "state", "fingerprint", "endpoint", "previous_version",
         "reason", "count", "error_sha256",
+        # access log: who (a token id or ``cli:<user>``, never a secret), which message ids, which action
+        "actor", "ids", "method", "route", "action", "names", "exported_log", "first", "second",
+        # restores and witnessing: sizes and roots of signed heads only
+        "tree_size", "root", "lost_tree_size", "lost_root", "after_tree_size", "held_tree_size", "held_root",
+        "requeued", "request_sha256",
     }
 )
 #: Columns of ``audit_entries`` derived from the leaf (checked by ``comity audit verify``).

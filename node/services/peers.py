@@ -22,7 +22,7 @@ from ..storage.db import Database
 from ..storage.models import OutboxMessage, Peer
 
 _cache_lock = threading.Lock()
-_keyset_cache: dict[tuple[str, int, int], Keyset] = {}
+_keyset_cache: dict[tuple[str, int, int, str], Keyset] = {}
 
 
 def chain_docs(row: Peer) -> list[bytes]:
@@ -35,7 +35,7 @@ def chain_documents(row: Peer) -> list[KeysetDocument]:
 
 def peer_keyset(row: Peer) -> Keyset:
     """The newest keyset held for ``row`` (parsed once per version)."""
-    key = (row.authority, row.keyset_version, row.updated_at)
+    key = (row.authority, row.keyset_version, row.updated_at, row.fingerprint)
     with _cache_lock:
         hit = _keyset_cache.get(key)
     if hit is not None:

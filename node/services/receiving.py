@@ -56,7 +56,9 @@ class InboxLimits:
     skew: int = 300
     max_lifetime: int = 7 * 86400
     max_bytes: int = 1024 * 1024
-    max_attachments: int = 0  # attachments arrive with their own issue; until then none are taken
+    #: per message: how many attachments, and how many plaintext bytes in all (settings of the same names)
+    max_attachments: int = 100
+    max_attachment_bytes: int = 8 * 1024**3
 
 
 def stored_receipt(session: Session, sha256: str) -> tuple[bool, bytes | None]:
@@ -109,9 +111,15 @@ def open_inbound(
 ) -> OpenedEnvelope:
     opened = open_envelope(raw, me=me, decryption_keys=decryption_keys, lookup_peer=lookup_peer, now=now,
                            skew=limits.skew, max_lifetime=limits.max_lifetime, max_bytes=limits.max_bytes)
-    if len(opened.content.attachments) > limits.max_attachments:
-        err = EnvelopeError(Category.ATTACHMENT_TOO_LARGE,
-                            f"{len(opened.content.attachments)} attachments; this node takes {limits.max_attachments}")
+    attachments = opened.content.attachments
+    total = sum(a.size for a in attachments)
+    detail = None
+    if len(attachments) > limits.max_attachments:
+        detail = f"{len(attachments)} attachments; this node takes {limits.max_attachments}"
+    elif total > limits.max_attachment_bytes:
+        detail = f"{total} bytes of attachments; this node takes {limits.max_attachment_bytes}"
+    if detail is not None:
+        err = EnvelopeError(Category.ATTACHMENT_TOO_LARGE, detail)
         err.authenticated_sender = opened.content.iss
         raise err
     return opened

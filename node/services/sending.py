@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
-from protocol.envelope import EnvelopeContent, Kind, seal_envelope
+from protocol.envelope import AttachmentEntry, EnvelopeContent, Kind, seal_envelope
 from protocol.errors import ProtocolError
 from protocol.ids import is_message_id
 from protocol.jose import Signer
@@ -29,15 +29,17 @@ class Draft:
     body: str | dict[str, Any]
     thread: str | None = None
     request: str | None = None
+    #: manifest entries of attachments already sealed to chunk files (``attachment_files.seal_files``)
+    attachments: tuple[AttachmentEntry, ...] = ()
 
 
 def conversation_of(peer: str, thread: str | None, request: str | None, message_id: str) -> str:
-    """Messages of one (peer, thread or request) are delivered one at a time, in order."""
-    if thread is not None:
-        return f"{peer}/t/{thread}"
-    if request is not None:
-        return f"{peer}/r/{request}"
-    return f"{peer}/m/{message_id}"
+    """Messages of one (peer, thread or request) are delivered one at a time, in order.
+
+    A thread or request is named by the id of its first message, so the first message and the
+    ones that follow it share one conversation key and a reply never overtakes what it answers.
+    """
+    return f"{peer}/{thread or request or message_id}"
 
 
 def queue_message(
@@ -57,6 +59,7 @@ def queue_message(
     content = EnvelopeContent(
         iss=me, aud=draft.to, id=message_id, iat=now, exp=now + lifetime, kind=draft.kind,
         subject=draft.subject, body=draft.body, thread=draft.thread, request=draft.request,
+        attachments=draft.attachments,
     )
     try:
         key = keyset.current_encryption_key(now)
@@ -95,8 +98,16 @@ def status_document(row: OutboxMessage) -> dict[str, Any]:
     if row.last_error_category is not None:
         last_error = {"category": row.last_error_category, "at": row.last_error_at}
     state = row.state
-    return {
+    doc = {
         "id": row.message_id, "to": row.peer, "kind": row.kind, "state": state, "attempts": row.attempts,
         "next_attempt_at": row.next_attempt_at if state in ("queued", "sending") else None,
         "last_error": last_error, "receipt": receipt,
     }
+    session = object_session(row)
+    if session is not None:
+        from .attachment_files import attachment_progress
+
+        progress = attachment_progress(session, row.message_id)
+        if progress is not None:
+            doc["attachments"] = progress
+    return doc

@@ -40,10 +40,13 @@ def _sqlite_connect(dbapi_conn: Any, _record: Any) -> None:
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
-    """An engine for ``url``; SQLite connections get WAL, FULL sync and a busy timeout."""
+    """An engine for ``url``; SQLite connections get WAL, FULL sync and a busy timeout.
+
+    ``hide_parameters``: bound values (subjects, bodies) never appear in error messages or logs.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
         event.listen(engine, "connect", _sqlite_connect)
 
         @event.listens_for(engine, "begin")
@@ -52,7 +55,7 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
             conn.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
-    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    return create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True, hide_parameters=True)
 
 
 class Database:

@@ -113,6 +113,68 @@ class InboxMessage(Base):
     __table_args__ = (UniqueConstraint("sender", "message_id", name="uq_inbox_sender_id"),)
 
 
+class InboxPending(Base):
+    """A message whose manifest lists attachments, opened and verified, waiting for its chunks and commit.
+
+    It is not in the inbox (nobody sees it) until the commit has checked every chunk; then an
+    ``InboxMessage`` takes its place in one transaction.
+    """
+
+    __tablename__ = "inbox_pending"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    sender: Mapped[str] = mapped_column(String(24))
+    message_id: Mapped[str] = mapped_column(String(32), unique=True)
+    envelope_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    envelope: Mapped[bytes] = mapped_column(LargeBinary)
+    inner_jws: Mapped[bytes] = mapped_column(LargeBinary)
+    kind: Mapped[str] = mapped_column(String(32))
+    thread: Mapped[str | None] = mapped_column(String(32))
+    request: Mapped[str | None] = mapped_column(String(32))
+    subject: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    iat: Mapped[int] = mapped_column(BigInteger)
+    exp: Mapped[int] = mapped_column(BigInteger)
+    posted_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class InboxAttachment(Base):
+    """One received attachment: metadata, and its content key wrapped with the storage key (RFC 3394)."""
+
+    __tablename__ = "inbox_attachments"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    sender: Mapped[str] = mapped_column(String(24))
+    message_id: Mapped[str] = mapped_column(String(32))
+    att: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(255))
+    media_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    chunks: Mapped[int] = mapped_column(Integer)
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+
+    __table_args__ = (UniqueConstraint("sender", "message_id", "att", name="uq_inbox_attachments_att"),)
+
+
+class OutboxAttachment(Base):
+    """One attachment of a message we send; its sealed chunks are files under ``blob_dir``."""
+
+    __tablename__ = "outbox_attachments"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    message_id: Mapped[str] = mapped_column(String(32))
+    att: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(BigInteger)
+    chunks: Mapped[int] = mapped_column(Integer)
+    #: chunks the peer has acknowledged (listed as held, or answered 204 to)
+    acknowledged: Mapped[int] = mapped_column(Integer, default=0)
+    blob_dir: Mapped[str] = mapped_column(Text)
+
+    __table_args__ = (UniqueConstraint("message_id", "att", name="uq_outbox_attachments_att"),)
+
+
 class AuditEntry(Base):
     """One log entry: ``leaf`` holds the exact bytes hashed; every other column derives from it."""
 
@@ -160,6 +222,76 @@ class AuditTree(Base):
     tree_size: Mapped[int] = mapped_column(BigInteger)
     frontier: Mapped[str] = mapped_column(Text)  # JSON state of the compact range
     root: Mapped[str] = mapped_column(String(64))
+
+
+class PeerLog(Base):
+    """What this node witnessed of one peer's exchange log: the newest commitment verified
+    consistent (a signed head or a receipt), the newest one received and not yet checked, and the
+    log status shown by ``peer list``."""
+
+    __tablename__ = "audit_peer_logs"
+
+    peer: Mapped[str] = mapped_column(String(24), primary_key=True)
+    tree_size: Mapped[int | None] = mapped_column(BigInteger)
+    root: Mapped[str | None] = mapped_column(String(64))
+    evidence: Mapped[bytes | None] = mapped_column(LargeBinary)  # the signed head or receipt
+    verified_at: Mapped[int | None] = mapped_column(BigInteger)
+    pending_tree_size: Mapped[int | None] = mapped_column(BigInteger)
+    pending_root: Mapped[str | None] = mapped_column(String(64))
+    pending_evidence: Mapped[bytes | None] = mapped_column(LargeBinary)
+    checked_at: Mapped[int | None] = mapped_column(BigInteger)  # last consistency request
+    polled_at: Mapped[int | None] = mapped_column(BigInteger)  # last head fetched by polling
+    status: Mapped[str] = mapped_column(String(16), default="unknown")  # unknown|ok|inconsistent|restored
+    status_detail: Mapped[str | None] = mapped_column(String(500))
+    status_at: Mapped[int | None] = mapped_column(BigInteger)
+    restored_after: Mapped[int | None] = mapped_column(BigInteger)  # a declared restore's after_tree_size
+    restored_at: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class PeerLogFailure(Base):
+    """Evidence that a peer's exchange log was rewritten or truncated: both signed commitments and the
+    proof that did not verify (exported in audit bundles)."""
+
+    __tablename__ = "audit_peer_log_failures"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    peer: Mapped[str] = mapped_column(String(24), index=True)
+    at: Mapped[int] = mapped_column(BigInteger)
+    held_tree_size: Mapped[int] = mapped_column(BigInteger)
+    held_root: Mapped[str] = mapped_column(String(64))
+    held_evidence: Mapped[bytes] = mapped_column(LargeBinary)
+    received_tree_size: Mapped[int] = mapped_column(BigInteger)
+    received_root: Mapped[str] = mapped_column(String(64))
+    received_evidence: Mapped[bytes] = mapped_column(LargeBinary)
+    proof: Mapped[str | None] = mapped_column(Text)  # JSON array of hex, as the peer answered
+    detail: Mapped[str] = mapped_column(String(500))
+
+
+class Redelivery(Base):
+    """A signed request, made after a restore from backup, that a peer redeliver what it holds
+    receipts for after ``after_tree_size``; sent by the worker until the peer answers 200."""
+
+    __tablename__ = "audit_redeliveries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    peer: Mapped[str] = mapped_column(String(24))
+    after_tree_size: Mapped[int] = mapped_column(BigInteger)
+    request_jws: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    state: Mapped[str] = mapped_column(String(16))  # pending | done
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    done_at: Mapped[int | None] = mapped_column(BigInteger)
+    requeued: Mapped[int | None] = mapped_column(Integer)
+
+
+class SettingSeen(Base):
+    """The last value of each setting a running node saw, to log ``settings_changed`` (passwords hidden)."""
+
+    __tablename__ = "audit_settings_seen"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
 
 
 class RejectionCount(Base):

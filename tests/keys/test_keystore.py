@@ -16,7 +16,7 @@ from keys.errors import (
     SettingError,
     WrongPassphraseError,
 )
-from keys.keystore import Keystore
+from keys.keystore import SIGNING_RETIREMENT_GRACE, Keystore
 from keys.layout import keystore_needs_passphrase, read_card, read_fingerprint, read_published
 from protocol.card import parse_card
 from protocol.jose import verify_signature
@@ -144,7 +144,8 @@ def test_rotation_retires_operational_keys(make_store: MakeStore) -> None:
     assert new.version == 2 and new.issued_at == t
     assert ks.signer.kid != old_sig and ks.fingerprint == new.identity_kid
     sig, enc = new.signing_key(old_sig), new.encryption_key(old_enc)
-    assert sig is not None and sig.retired_at == t
+    # a running node may sign with the old key until it notices: it stays valid for a short grace
+    assert sig is not None and sig.retired_at == t + SIGNING_RETIREMENT_GRACE
     assert enc is not None and enc.retired_at == t
     assert new.current_encryption_key(t).kid != old_enc
     assert set(ks.decryption_keys(t)) == {old_enc, new.current_encryption_key(t).kid}
@@ -182,6 +183,8 @@ def test_retired_encryption_key_is_kept_until_max_lifetime_plus_skew(make_store:
     # ... the first change after that drops it from the keyset and deletes it
     ks.rotate(t + KEEP + 1, signing=False, encryption=False)
     assert ks.keyset.encryption_key(old_enc) is None
+    assert ks.keyset.signing_key(old_sig) is not None  # its grace puts it one grace period later
+    ks.rotate(t + KEEP + SIGNING_RETIREMENT_GRACE + 1, signing=False, encryption=False)
     assert ks.keyset.signing_key(old_sig) is None
     assert not (ks.home / "keys" / f"{old_enc}.pem").exists()
     assert old_enc not in Keystore.open(ks.home, PASSPHRASE).decryption_keys(t + KEEP + 1)

@@ -10,11 +10,13 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +33,41 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+@dataclass(frozen=True)
+class Tls:
+    """A CA, and a certificate and key for 127.0.0.1 signed by it (see tests/node/tls.py)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
 class NodeHandle:
-    def __init__(self, authority: str, home: Path, port: int, database_url: str | None) -> None:
+    def __init__(self, authority: str, home: Path, port: int, database_url: str | None,
+                 tls: Tls | None = None) -> None:
         self.authority = authority
         self.home = home
         self.port = port
         self.database_url = database_url
+        self.tls = tls
+        self.local_port = free_port() if tls else port
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = home.parent / f"{authority}.log"
         self._fingerprint: str | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        """The peer listener."""
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    @property
+    def local_url(self) -> str:
+        """The local listener (the same port in --insecure-http mode)."""
+        return f"http://127.0.0.1:{self.local_port}"
+
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        return ssl.create_default_context(cafile=str(self.tls.ca)) if self.tls else True
 
     def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("COMITY_")}
@@ -66,6 +90,10 @@ class NodeHandle:
         self.comity("init", "--home", str(self.home), "--authority", self.authority,
                     "--name", f"{self.authority} central authority", "--endpoint", f"{self.url}/",
                     "--insecure-no-passphrase")
+        if self.tls:
+            (self.home / "comity.toml").write_text(
+                f'tls_cert = "{self.tls.cert}"\ntls_key = "{self.tls.key}"\ntls_ca = "{self.tls.ca}"\n'
+                f"local_port = {self.local_port}\n")
 
     @property
     def token(self) -> str:
@@ -90,8 +118,9 @@ class NodeHandle:
     def start(self, *, extra_env: dict[str, str] | None = None, wait: bool = True) -> None:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         logf = self.log_path.open("ab")
+        mode = [] if self.tls else ["--insecure-http"]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "node.cli.main", "serve", "--home", str(self.home), "--insecure-http",
+            [sys.executable, "-m", "node.cli.main", "serve", "--home", str(self.home), *mode,
              "--port", str(self.port)],
             stdout=logf, stderr=logf, env=self.env(extra_env), cwd=REPO, start_new_session=True,
         )
@@ -105,7 +134,7 @@ class NodeHandle:
             if self.proc is not None and self.proc.poll() is not None:
                 raise AssertionError(f"{self.authority} exited {self.proc.returncode}: {self.log_tail()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/readyz", timeout=1, verify=self.verify).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -133,7 +162,7 @@ class NodeHandle:
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}
-        return httpx.request(method, f"{self.url}{path}", headers=headers, timeout=30, **kwargs)
+        return httpx.request(method, f"{self.local_url}{path}", headers=headers, timeout=30, **kwargs)
 
     def send(self, to: str, subject: str = "s", body: str = "b", kind: str = "note", **extra: Any) -> str:
         r = self.api("POST", "/api/v1/messages", json={"to": to, "kind": kind, "subject": subject, "body": body,
@@ -172,7 +201,7 @@ class NodeHandle:
 
 @contextmanager
 def federation(tmp_path: Path, backend: str, authorities: Sequence[str], *, pin: bool = True,
-               start: bool = True) -> Iterator[dict[str, NodeHandle]]:
+               start: bool = True, tls: Tls | None = None) -> Iterator[dict[str, NodeHandle]]:
     """Nodes for ``authorities`` pinned to each other (and started), stopped and dropped afterwards."""
     nodes: dict[str, NodeHandle] = {}
     databases: list[str] = []
@@ -182,7 +211,7 @@ def federation(tmp_path: Path, backend: str, authorities: Sequence[str], *, pin:
             if backend == "postgres":
                 url = create_pg_database()
                 databases.append(url)
-            node = NodeHandle(authority, tmp_path / authority, free_port(), url)
+            node = NodeHandle(authority, tmp_path / authority, free_port(), url, tls)
             node.init()
             nodes[authority] = node
         if pin:

@@ -12,10 +12,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from keys.keystore import Keystore
 from node.storage.db import Database
-from node.storage.models import OutboxMessage, Peer
+from node.storage.models import AuditEntry, OutboxMessage, Peer
 from protocol.artifacts import LiveKeys
 from protocol.card import parse_card
 from protocol.envelope import EnvelopeContent, reseal_envelope, seal_envelope
@@ -121,6 +122,15 @@ def test_replay_duplicate_conflict_and_refusals(tmp_path: Path, backend: str) ->
         again = post_inbox(b, row.envelope)
         assert again.status_code == 200 and again.headers["comity-duplicate"] == "true"
         assert again.content.decode() == stored
+        assert post_inbox(b, row.envelope).content == again.content
+        db = db_of(b)
+        try:  # replays are logged, but once per envelope per interval, not once per request
+            with db.read() as session:
+                dups = session.scalars(select(AuditEntry).where(AuditEntry.event == "duplicate")).all()
+                assert [(d.envelope_sha256, d.peer, d.message_id) for d in dups] == \
+                    [(row.envelope_sha256, "GB-UKCA", mid)]
+        finally:
+            db.dispose()
         # the same id with other bytes is a conflict
         key = newest_keyset(b).current_encryption_key(int(time.time()))
         other = reseal_envelope(row.inner_jws, iss="GB-UKCA", aud="FR-DACG", recipient_kid=key.kid,
