@@ -12,7 +12,7 @@ import typer
 
 from ..errors import EnvironmentError_, InputError
 from .exits import EXIT_VERIFY_FAILED
-from .options import HomeOption, now, open_database, open_keystore, settings_for
+from .options import HomeOption, now, open_database, settings_for, stopped_node
 
 if TYPE_CHECKING:
     from ..runtime import Node
@@ -240,35 +240,20 @@ def db_restored(home: HomeOption = None, database_url: DbOption = None, as_json:
     Records a signed `restored_from_backup` entry in both logs, keeps the heads written before
     (HOME/heads/*.pre-restore-*), and asks every pinned peer to redeliver what it holds receipts
     for after the last surviving head (sent by the worker when the node starts)."""
-    from ..errors import BusyError
     from ..services.access import cli_actor
     from ..services.headsfile import sync_heads_file
-    from ..services.integrator import IntegratorBusyError, IntegratorLock, integrate_batch
+    from ..services.integrator import integrate_until_idle
     from ..services.restore import declare_own_restore, set_aside_heads_files
 
     settings = settings_for(home, database_url=database_url)
-    keystore = open_keystore(settings)
-    db = open_database(settings)
-    lock = IntegratorLock(db, settings.home)
-    try:
-        lock.acquire()
-    except IntegratorBusyError as e:
-        db.dispose()
-        raise BusyError(f"{e}: stop the node before declaring a restore") from e
     at = now()
-    try:
+    with stopped_node(settings, busy="stop the node before declaring a restore") as (keystore, db):
         with db.write() as session:
             summary = declare_own_restore(session, settings.home, authority=keystore.authority,
                                           signer=keystore.signer, actor=cli_actor(), now=at)
-        while True:
-            with db.write() as session:
-                if integrate_batch(session, authority=keystore.authority, signer=keystore.signer, now=at).entries == 0:
-                    break
+        integrate_until_idle(db, authority=keystore.authority, signer=keystore.signer, now=at)
         summary["heads_set_aside"] = [str(p) for p in set_aside_heads_files(settings.home, now=at)]
         sync_heads_file(db, settings.home)
-    finally:
-        lock.release()
-        db.dispose()
     peers = ", ".join(summary["redelivery_requested_from"]) or "no pinned peer"
     _emit(summary, as_json, [
         f"restore recorded: exchange log continues from {summary['exchange']['surviving_tree_size']} entries "

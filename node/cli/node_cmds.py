@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..config import Settings
-from ..errors import BusyError, InputError
+from ..errors import InputError
 from . import audit_cmds
-from .options import HomeOption, now, open_database, open_keystore, settings_for
+from .options import HomeOption, now, open_database, open_keystore, settings_for, stopped_node
 
 if TYPE_CHECKING:  # the heavy modules load only in the commands that need them
     from keys.keystore import Keystore
@@ -198,28 +198,11 @@ def db_upgrade(home: HomeOption = None, database_url: DbOption = None) -> None:
 @audit_app.command("integrate")
 def audit_integrate(home: HomeOption = None, database_url: DbOption = None) -> None:
     """Sequence pending log entries and sign heads, for a node that is not running."""
-    from ..services.integrator import IntegratorBusyError, IntegratorLock, integrate_batch
+    from ..services.integrator import integrate_until_idle
 
     settings = settings_for(home, database_url=database_url)
-    keystore = open_keystore(settings)
-    db = _database(settings)
-    lock = IntegratorLock(db, settings.home)
-    try:
-        lock.acquire()
-    except IntegratorBusyError as e:
-        db.dispose()
-        raise BusyError(f"{e}: the running node integrates its own logs") from e
-    total = 0
-    try:
-        while True:
-            with db.write() as session:
-                result = integrate_batch(session, authority=keystore.authority, signer=keystore.signer, now=now())
-            total += result.entries
-            if result.entries == 0:
-                break
-    finally:
-        lock.release()
-        db.dispose()
+    with stopped_node(settings, busy="the running node integrates its own logs") as (keystore, db):
+        total = integrate_until_idle(db, authority=keystore.authority, signer=keystore.signer, now=now())
     typer.echo(f"integrated {total} entries", err=True)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -56,3 +58,26 @@ def open_database(settings: Settings) -> Database:
         db.dispose()
         raise
     return db
+
+
+@contextmanager
+def stopped_node(settings: Settings, *, busy: str) -> Iterator[tuple[Keystore, Database]]:
+    """The keystore and database of a node that is not running, its integrator lock held meanwhile;
+    ``BusyError`` (exit 4) naming ``busy`` when a running process holds the lock."""
+    from node.errors import BusyError
+    from node.services.integrator import IntegratorBusyError, IntegratorLock
+
+    keystore = open_keystore(settings)
+    db = open_database(settings)
+    lock = IntegratorLock(db, settings.home)
+    try:
+        try:
+            lock.acquire()
+        except IntegratorBusyError as e:
+            raise BusyError(f"{e}: {busy}") from e
+        try:
+            yield keystore, db
+        finally:
+            lock.release()
+    finally:
+        db.dispose()

@@ -142,6 +142,17 @@ def integrate_batch(
     return BatchResult(len(pending), tuple(receipts), heads)
 
 
+def integrate_until_idle(db: Database, *, authority: str, signer: Signer, now: int) -> int:
+    """Run batches until nothing is pending (for a node that is not running); the entries sequenced."""
+    total = 0
+    while True:
+        with db.write() as session:
+            entries = integrate_batch(session, authority=authority, signer=signer, now=now).entries
+        if entries == 0:
+            return total
+        total += entries
+
+
 class IntegratorLoop:
     """Runs batches in a thread while pending work exists; ``wake()`` starts the next one at once."""
 
