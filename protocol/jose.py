@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -69,18 +70,24 @@ def b64e(data: bytes) -> bytes:
     return base64.urlsafe_b64encode(data).rstrip(b"=")
 
 
+_B64URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+#: For a segment of length 4k+2 (4k+3), the low 4 (2) bits of the last character carry no data and
+#: must be zero in the one canonical encoding.
+_UNUSED_BITS = {2: 0x0F, 3: 0x03}
+
+
 def b64d(segment: bytes | str, *, what: str = "segment") -> bytes:
-    """Strict base64url without padding; anything else is ``malformed``."""
+    """Strict, canonical base64url without padding; anything else is ``malformed``."""
     raw = segment.encode("ascii") if isinstance(segment, str) else segment
-    if len(raw) % 4 == 1 or _B64URL_RE.fullmatch(raw) is None:
+    rem = len(raw) % 4
+    if rem == 1 or _B64URL_RE.fullmatch(raw) is None:
         raise ProtocolError(Category.MALFORMED, f"{what} is not base64url without padding")
+    if rem and _B64URL_ALPHABET.index(raw[-1]) & _UNUSED_BITS[rem]:
+        raise ProtocolError(Category.MALFORMED, f"{what} is not canonical base64url")
     try:
-        data = base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+        return base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
     except (binascii.Error, ValueError) as e:
         raise ProtocolError(Category.MALFORMED, f"{what} is not base64url") from e
-    if b64e(data) != raw:
-        raise ProtocolError(Category.MALFORMED, f"{what} is not canonical base64url")
-    return data
 
 
 def split_compact(token: bytes, parts: int, *, what: str) -> list[bytes]:
@@ -147,10 +154,14 @@ class SignedCompact:
 JWS_HEADER_NAMES = frozenset({"alg", "typ", "kid"})
 
 
+@functools.lru_cache(maxsize=64)
+def _header_segment(kid: str, typ: str) -> bytes:
+    return b64e(canonical({"alg": ALG_ED25519, "kid": kid, "typ": typ}))
+
+
 def sign_compact(*, typ: str, payload: Mapping[str, Any], signer: Signer) -> bytes:
     """An RFC 7515 compact JWS with header exactly ``{alg, typ, kid}``, both parts RFC 8785."""
-    header = canonical({"alg": ALG_ED25519, "kid": signer.kid, "typ": typ})
-    signing_input = b64e(header) + b"." + b64e(canonical(dict(payload)))
+    signing_input = _header_segment(signer.kid, typ) + b"." + b64e(canonical(dict(payload)))
     return signing_input + b"." + b64e(signer.sign(signing_input))
 
 
