@@ -25,9 +25,8 @@ from protocol.rejections import verify_error
 
 from ..faults import crash_point
 from ..metrics import NodeMetrics
-from ..services.peers import peer_keyset
+from ..services.peers import peer_lookup
 from ..storage.db import Database
-from ..storage.models import Peer
 from .attachments import ChunkSender
 from .claims import (
     LEASE_SECONDS,
@@ -84,6 +83,7 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._last_refresh: dict[str, float] = {}
+        self._keyset = peer_lookup(db)  # the keyset held for a peer, read fresh each time
         self._next_expiry = 0.0
         self.chunks = ChunkSender(db, owner=owner, clock=clock, timeout=timeout, lease=lease)
         self.witness = PeerWitness(db, clock=clock, skew=skew, max_lifetime=max_lifetime, poll=witness_poll)
@@ -130,10 +130,6 @@ class DeliveryWorker:
             log.error("delivery_crashed", error=repr(task.exception())[:300])
         self._wake.set()
 
-    def _keyset(self, authority: str) -> Keyset | None:
-        with self.db.read() as session:
-            row = session.get(Peer, authority)
-            return None if row is None else peer_keyset(row)
 
     async def _refresh(self, client: httpx.AsyncClient, authority: str, *, force: bool = False) -> bool:
         last = self._last_refresh.get(authority, 0.0)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from protocol.artifacts import LiveKeys
 from protocol.keychain import read_keyset
 from protocol.keysets import Keyset
 from protocol.receipts import verify_receipt
+from tests.conftest import create_pg_database, drop_pg_database
 
 
 @dataclass
@@ -101,3 +104,20 @@ def exchange(a: Side, b: Side, n: int, *, subject: str = "s", body: str = "b") -
                          leaf_index=r.leaf_index, tree_size=r.tree_size, root=r.root, now=now)
     a.integrate(now)
     return ids
+
+
+@contextmanager
+def two_sides(tmp: Path, backend: str) -> Iterator[tuple[Side, Side]]:
+    """GB-UKCA and FR-DACG pinned to each other, each on its own fresh database (dropped afterwards)."""
+    urls = [f"sqlite:///{tmp / n}.db" for n in ("a", "b")] if backend == "sqlite" else \
+        [create_pg_database(), create_pg_database()]
+    a, b = make_side(tmp, "GB-UKCA", urls[0]), make_side(tmp, "FR-DACG", urls[1])
+    try:
+        pin_both(a, b)
+        yield a, b
+    finally:
+        for side in (a, b):
+            side.db.dispose()
+        if backend == "postgres":
+            for url in urls:
+                drop_pg_database(url)

@@ -22,6 +22,11 @@ from typing import Any
 
 import httpx
 
+from node.storage.db import Database
+from node.storage.models import OutboxMessage, Peer
+from protocol.card import parse_card
+from protocol.keychain import read_keyset
+from protocol.keysets import Keyset
 from tests.conftest import create_pg_database, drop_pg_database
 
 REPO = Path(__file__).resolve().parents[2]
@@ -159,6 +164,25 @@ class NodeHandle:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+    def database(self) -> Database:
+        """This node's database, opened from the test process (dispose it after use)."""
+        return Database(self.database_url or f"sqlite:///{self.home / 'comity.db'}")
+
+    def make_due(self) -> None:
+        """Skip the backoff (and a dead process's lease): every pending message's next attempt is due now."""
+        db = self.database()
+        try:
+            with db.write() as session:
+                session.query(Peer).update({Peer.next_attempt_at: 0})
+                session.query(OutboxMessage).filter(OutboxMessage.state.in_(("queued", "sending"))).update(
+                    {OutboxMessage.next_attempt_at: 0, OutboxMessage.lease_until: None})
+        finally:
+            db.dispose()
+
+    def newest_keyset(self) -> Keyset:
+        """The keyset a peer would hold for this node, read from its card (works while it is stopped)."""
+        return read_keyset(parse_card(self.comity("card", "--home", str(self.home)).stdout.encode())[-1]).keyset
 
     def api(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.token}", **kwargs.pop("headers", {})}

@@ -20,15 +20,11 @@ import pytest
 from keys.keystore import Keystore
 from node.services.attachment_files import export_attachment, pick_attachment, received_attachments
 from node.storage.blobs import BlobStore
-from node.storage.db import Database
-from node.storage.models import OutboxMessage, Peer
 from protocol.artifacts import LiveKeys
 from protocol.chunks import CHUNK_SIZE, seal_chunk
 from protocol.envelope import AttachmentEntry, EnvelopeContent, chunk_count, seal_envelope
 from protocol.errors import Category
 from protocol.jose import b64e
-from protocol.keychain import read_keyset
-from protocol.keysets import Keyset
 from protocol.receipts import verify_receipt
 from protocol.rejections import verify_error
 from tests.node.harness import NodeHandle, federation
@@ -58,9 +54,6 @@ def sha256_file(path: Path) -> str:
             digest.update(piece)
     return digest.hexdigest()
 
-
-def db_of(node: NodeHandle) -> Database:
-    return Database(node.database_url or f"sqlite:///{node.home / 'comity.db'}")
 
 
 def send_files(node: NodeHandle, to: str, files: list[Path], **kw: str) -> str:
@@ -94,20 +87,6 @@ def held_chunks(receiver: NodeHandle, sender: str, mid: str) -> int:
     return sum(1 for p in folder.glob("*/*.jwe")) if folder.exists() else 0
 
 
-def make_due(node: NodeHandle) -> None:
-    """Skip the backoff (and a dead process's lease): the next attempt is due now."""
-    db = db_of(node)
-    try:
-        with db.write() as session:
-            session.query(Peer).update({Peer.next_attempt_at: 0})
-            session.query(OutboxMessage).filter(OutboxMessage.state.in_(("queued", "sending"))).update(
-                {OutboxMessage.next_attempt_at: 0, OutboxMessage.lease_until: None})
-    finally:
-        db.dispose()
-
-
-def newest_keyset(node: NodeHandle) -> Keyset:
-    return read_keyset(httpx.get(f"{node.url}/.well-known/comity/keyset", timeout=10).content).keyset
 
 
 def inbox_ids(node: NodeHandle) -> list[str]:
@@ -180,7 +159,7 @@ def check_round_trips(tmp_path: Path, a: NodeHandle, b: NodeHandle, files: Path,
 
 
 def export_in_process(node: NodeHandle, mid: str, ref: str, out: Path) -> Path:
-    db = db_of(node)
+    db = node.database()
     try:
         with db.read() as session:
             row = pick_attachment(received_attachments(session, mid)[1], ref)
@@ -207,7 +186,7 @@ def check_limits(a: NodeHandle, b: NodeHandle, files: Path) -> None:
     wait_until(lambda: _alive(b), 30, "the receiver's listener", poll=0.1)
     ready = httpx.get(f"{b.url}/readyz", timeout=5)
     assert ready.status_code == 503 and ready.json()["reason"].startswith("storage:")
-    make_due(a)
+    a.make_due()
     three = send_files(a, "FR-DACG", [files / "empty.bin", files / "one.bin", files / "exact.pdf"])
     big = send_files(a, "FR-DACG", [files / "plus.bin"])
     later = send_files(a, "FR-DACG", [files / "one.bin"])
@@ -220,7 +199,7 @@ def check_limits(a: NodeHandle, b: NodeHandle, files: Path) -> None:
     # with room again, the same message goes through
     b.stop()
     b.start()
-    make_due(a)
+    a.make_due()
     a.wait_for([later])
     assert later in inbox_ids(b)
 
@@ -238,7 +217,7 @@ def _sealed(data: bytes, key: bytes, att: int) -> list[bytes]:
 
 def check_refusals_on_arrival_and_commit(tmp_path: Path, a: NodeHandle, b: NodeHandle) -> None:
     ks = Keystore.open(a.home, None)
-    b_keyset = newest_keyset(b)
+    b_keyset = b.newest_keyset()
     now = int(time.time())
     rkey = b_keyset.current_encryption_key(now)
     k0, k1, k2 = os.urandom(32), os.urandom(32), os.urandom(32)
@@ -355,12 +334,12 @@ def test_fifty_megabytes_resume_after_kill_9_of_either_side(tmp_path: Path, back
         assert mid not in [m["id"] for m in b.inbox()]  # the CLI reads the database: b is down
         # back up: the transfer goes on from what the receiver holds; then the sender dies (kill -9)
         b.start(extra_env=slow)
-        make_due(a)
+        a.make_due()
         wait_until(lambda: held_chunks(b, "GB-UKCA", mid) >= held_at_kill + 10, 60, "10 more chunks")
         a.kill()
         assert held_chunks(b, "GB-UKCA", mid) < total
         a.start()
-        make_due(a)
+        a.make_due()
         a.wait_for([mid], timeout=120)
         doc = a.status(mid)
         assert doc["attachments"] == {"count": 1, "chunks_total": total, "chunks_acknowledged": total}

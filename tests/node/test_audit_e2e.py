@@ -18,7 +18,6 @@ from sqlalchemy import select, text, update
 from sqlalchemy.engine import make_url
 
 from keys.keystore import Keystore
-from node.storage.db import Database
 from node.storage.models import AuditEntry, PeerLog
 from tests.conftest import _admin_engine
 from tests.node.audit_world import Side
@@ -29,9 +28,6 @@ pytestmark = pytest.mark.slow
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "verify_bundle.py"
 
-
-def db_of(node: NodeHandle) -> Database:
-    return Database(node.database_url or f"sqlite:///{node.home / 'comity.db'}")
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 60) -> None:
@@ -49,7 +45,7 @@ def peers_of(node: NodeHandle) -> dict[str, dict[str, Any]]:
 
 
 def leaves(node: NodeHandle) -> list[bytes]:
-    db = db_of(node)
+    db = node.database()
     try:
         with db.read() as s:
             return [bytes(x) for x in s.scalars(select(AuditEntry.leaf))]
@@ -70,7 +66,7 @@ def verify_file(node: NodeHandle, path: Path, fingerprint: str) -> dict[str, Any
 
 
 def allow_check(node: NodeHandle) -> None:
-    db = db_of(node)
+    db = node.database()
     try:
         with db.write() as s:
             s.execute(update(PeerLog).values(checked_at=0))
@@ -126,7 +122,7 @@ def test_a_rewritten_log_is_caught_by_the_peer_that_witnesses_it(tmp_path: Path,
         a.wait_for([a.send("FR-DACG") for _ in range(3)])
         wait_until(lambda: peers_of(a)["FR-DACG"]["log_tree_size"] is not None, "witnessed")
         b.stop()
-        side = Side("FR-DACG", b.home, Keystore.open(b.home, None), db_of(b))
+        side = Side("FR-DACG", b.home, Keystore.open(b.home, None), b.database())
         # entry 1 (A pinned) lies inside every commitment A holds; every hash, column and head after it is
         # recomputed and re-signed with B's own key
         rewrite(side, "exchange", index=1)

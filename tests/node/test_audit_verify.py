@@ -24,19 +24,14 @@ from node.storage.models import AuditEntry, AuditHead, AuditTree, InboxMessage
 from protocol.heads import TreeHead, sign_head
 from protocol.merkle import CompactRange
 from protocol.strictjson import canonical
-from tests.conftest import create_pg_database, drop_pg_database
-from tests.node.audit_world import Side, exchange, make_side, pin_both
+from tests.node.audit_world import Side, exchange, two_sides
 
 TARGET = 3
 
 
 @pytest.fixture
 def world(tmp_path: Path, backend: str) -> Iterator[tuple[Side, Side]]:
-    urls = [f"sqlite:///{tmp_path / n}.db" for n in ("a", "b")] if backend == "sqlite" else \
-        [create_pg_database(), create_pg_database()]
-    a, b = make_side(tmp_path, "GB-UKCA", urls[0]), make_side(tmp_path, "FR-DACG", urls[1])
-    try:
-        pin_both(a, b)
+    with two_sides(tmp_path, backend) as (a, b):
         a.integrate()
         b.integrate()
         ids = exchange(a, b, 4)
@@ -46,12 +41,6 @@ def world(tmp_path: Path, backend: str) -> Iterator[tuple[Side, Side]]:
                 record_content_read(session, actor="token:0badc0de", ids=[mid], at=int(time.time()), route="test")
             b.integrate()
         yield a, b
-    finally:
-        for side in (a, b):
-            side.db.dispose()
-        if backend == "postgres":
-            for url in urls:
-                drop_pg_database(url)
 
 
 def verify(side: Side, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, list[dict[str, Any]]]:

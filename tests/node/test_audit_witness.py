@@ -22,25 +22,14 @@ from node.services.bundles import read_archive
 from node.services.restore import RedeliveryRequest, sign_redelivery_request
 from node.storage.models import AuditEntry, OutboxMessage, PeerLog, PeerLogFailure
 from protocol.merkle import leaf_hash, proof_from_hex, verify_inclusion
-from tests.conftest import create_pg_database, drop_pg_database
-from tests.node.audit_world import Side, exchange, make_side, pin_both
+from tests.node.audit_world import Side, exchange, two_sides
 from tests.node.test_audit_verify import rewrite
 
 
 @pytest.fixture
 def world(tmp_path: Path, backend: str) -> Iterator[tuple[Side, Side]]:
-    urls = [f"sqlite:///{tmp_path / n}.db" for n in ("a", "b")] if backend == "sqlite" else \
-        [create_pg_database(), create_pg_database()]
-    a, b = make_side(tmp_path, "GB-UKCA", urls[0]), make_side(tmp_path, "FR-DACG", urls[1])
-    try:
-        pin_both(a, b)
-        yield a, b
-    finally:
-        for side in (a, b):
-            side.db.dispose()
-        if backend == "postgres":
-            for url in urls:
-                drop_pg_database(url)
+    with two_sides(tmp_path, backend) as sides:
+        yield sides
 
 
 def peer_app(side: Side) -> tuple[FastAPI, Node]:

@@ -29,7 +29,7 @@ from node.storage.models import AuditEntry, InboxMessage, OutboxMessage, Peer
 from protocol.artifacts import LiveKeys
 from protocol.receipts import verify_receipt
 from tests.node.harness import REPO, NodeHandle, federation
-from tests.node.test_exchange import assert_logs_verify, db_of, newest_keyset
+from tests.node.test_exchange import assert_logs_verify
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ TESTING = {"COMITY_TESTING": "1", "COMITY_LEASE_SECONDS": str(LEASE), "COMITY_WO
 
 def hurry(node: NodeHandle) -> None:
     """Make every retry due now (the per-peer backoff would otherwise wait up to minutes)."""
-    db = db_of(node)
+    db = node.database()
     try:
         with db.write() as session:
             for peer in session.scalars(select(Peer)):
@@ -51,7 +51,7 @@ def hurry(node: NodeHandle) -> None:
 
 
 def outbox_ids(node: NodeHandle) -> list[str]:
-    db = db_of(node)
+    db = node.database()
     try:
         with db.read() as session:
             return list(session.scalars(select(OutboxMessage.message_id).order_by(OutboxMessage.seq)))
@@ -88,7 +88,7 @@ def wait_all_delivered(node: NodeHandle, timeout: float = 60) -> None:
 
 def assert_exactly_once(a: NodeHandle, b: NodeHandle) -> None:
     """Every message of A delivered once, held once by B, with one verified receipt at A."""
-    da, db_ = db_of(a), db_of(b)
+    da, db_ = a.database(), b.database()
     try:
         with da.read() as s:
             rows = list(s.scalars(select(OutboxMessage).where(OutboxMessage.peer == b.authority)))
@@ -104,7 +104,7 @@ def assert_exactly_once(a: NodeHandle, b: NodeHandle) -> None:
     assert set(held) == ids and set(held.values()) == {1}
     assert set(received) == ids and set(received.values()) == {1}
     assert set(delivered) == ids and set(delivered.values()) == {1}
-    keyset = newest_keyset(b)
+    keyset = b.newest_keyset()
     for r in rows:
         assert r.receipt_jws is not None
         verify_receipt(r.receipt_jws, keys=LiveKeys(keyset, int(time.time())), sender=a.authority,
@@ -173,7 +173,7 @@ def test_every_crash_point_then_restart_loses_and_duplicates_nothing(tmp_path: P
 def queue_directly(node: NodeHandle, to: str, count: int) -> list[str]:
     """Queue ``count`` messages in A's database from this process (the way ``comity send`` does)."""
     ks = Keystore.open(node.home, None)
-    db = db_of(node)
+    db = node.database()
     ids = [os.urandom(16).hex() for _ in range(count)]
     now = int(time.time())
     try:
@@ -198,7 +198,7 @@ def start_worker(node: NodeHandle, name: str, crash_at: str | None = None) -> su
 
 
 def delivered_count(node: NodeHandle) -> int:
-    db = db_of(node)
+    db = node.database()
     try:
         with db.read() as s:
             return len(list(s.scalars(select(OutboxMessage.seq).where(OutboxMessage.state == "delivered"))))

@@ -15,26 +15,19 @@ import pytest
 from sqlalchemy import select
 
 from keys.keystore import Keystore
-from node.storage.db import Database
 from node.storage.models import AuditEntry, OutboxMessage, Peer
 from protocol.artifacts import LiveKeys
-from protocol.card import parse_card
 from protocol.envelope import EnvelopeContent, reseal_envelope, seal_envelope
 from protocol.errors import Category
-from protocol.keychain import read_keyset
-from protocol.keysets import Keyset
 from protocol.receipts import verify_receipt
 from tests.node.harness import NodeHandle, federation
 
 pytestmark = pytest.mark.slow
 
 
-def db_of(node: NodeHandle) -> Database:
-    return Database(node.database_url or f"sqlite:///{node.home / 'comity.db'}")
-
 
 def outbox_row(node: NodeHandle, message_id: str) -> OutboxMessage:
-    db = db_of(node)
+    db = node.database()
     try:
         with db.read() as session:
             row = session.query(OutboxMessage).filter_by(message_id=message_id).one()
@@ -43,10 +36,6 @@ def outbox_row(node: NodeHandle, message_id: str) -> OutboxMessage:
     finally:
         db.dispose()
 
-
-def newest_keyset(node: NodeHandle) -> Keyset:
-    """The keyset a peer would hold for ``node``, read from its card."""
-    return read_keyset(parse_card(node.comity("card", "--home", str(node.home)).stdout.encode())[-1]).keyset
 
 
 def post_inbox(node: NodeHandle, body: bytes) -> httpx.Response:
@@ -72,7 +61,7 @@ def test_delivered_with_a_verified_receipt(tmp_path: Path, backend: str) -> None
         assert doc["state"] == "delivered" and doc["attempts"] == 1 and doc["last_error"] is None
         # the receipt verifies, independently, against B's keyset and what A sent
         row = outbox_row(a, mid)
-        b_keyset = newest_keyset(b)
+        b_keyset = b.newest_keyset()
         receipt = verify_receipt(doc["receipt"]["jws"].encode(), keys=LiveKeys(b_keyset, int(time.time())),
                                  sender="GB-UKCA", receiver="FR-DACG", message_id=mid,
                                  envelope_sha256=row.envelope_sha256)
@@ -97,13 +86,7 @@ def test_peer_down_then_up_delivers_all_exactly_once(tmp_path: Path, backend: st
         assert health["FR-DACG"]["last_error"]["category"] == "unreachable"
         # the peer's backoff is per peer and capped at 5 minutes; make the retry due now rather than wait
         b.start()
-        db = db_of(a)
-        try:
-            with db.write() as session:
-                session.get_one(Peer, "FR-DACG").next_attempt_at = 0
-                session.query(OutboxMessage).update({OutboxMessage.next_attempt_at: 0})
-        finally:
-            db.dispose()
+        a.make_due()
         a.wait_for(ids, timeout=90)
         inbox = b.inbox()
         assert sorted(m["id"] for m in inbox) == sorted(ids)
@@ -123,7 +106,7 @@ def test_replay_duplicate_conflict_and_refusals(tmp_path: Path, backend: str) ->
         assert again.status_code == 200 and again.headers["comity-duplicate"] == "true"
         assert again.content.decode() == stored
         assert post_inbox(b, row.envelope).content == again.content
-        db = db_of(b)
+        db = b.database()
         try:  # replays are logged, but once per envelope per interval, not once per request
             with db.read() as session:
                 dups = session.scalars(select(AuditEntry).where(AuditEntry.event == "duplicate")).all()
@@ -132,7 +115,7 @@ def test_replay_duplicate_conflict_and_refusals(tmp_path: Path, backend: str) ->
         finally:
             db.dispose()
         # the same id with other bytes is a conflict
-        key = newest_keyset(b).current_encryption_key(int(time.time()))
+        key = b.newest_keyset().current_encryption_key(int(time.time()))
         other = reseal_envelope(row.inner_jws, iss="GB-UKCA", aud="FR-DACG", recipient_kid=key.kid,
                                 recipient_key=key.key)
         conflict = post_inbox(b, other.raw)
@@ -210,7 +193,7 @@ def unsigned_4xx_server() -> Iterator[str]:
 def test_an_unsigned_4xx_does_not_fail_a_message(tmp_path: Path, backend: str, unsigned_4xx_server: str) -> None:
     with federation(tmp_path, backend, ["GB-UKCA", "FR-DACG"], start=False) as n:
         a = n["GB-UKCA"]
-        db = db_of(a)
+        db = a.database()
         try:
             with db.write() as session:  # a proxy on the path answers for B with a forged refusal
                 session.get_one(Peer, "FR-DACG").endpoint = unsigned_4xx_server

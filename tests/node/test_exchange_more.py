@@ -14,16 +14,12 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from node.storage.db import Database
 from node.storage.models import OutboxMessage, RejectionCount
-from tests.node.harness import NodeHandle, Tls, federation
+from tests.node.harness import Tls, federation
 from tests.node.tls import make_loopback_pki
 
 pytestmark = pytest.mark.slow
 
-
-def db_of(node: NodeHandle) -> Database:
-    return Database(node.database_url or f"sqlite:///{node.home / 'comity.db'}")
 
 
 def test_peers_over_tls(tmp_path: Path, backend: str) -> None:
@@ -55,7 +51,7 @@ def test_concurrent_identical_posts_get_one_receipt(tmp_path: Path, backend: str
         b.stop()
         mid = a.send("FR-DACG", subject="raced")
         a.stop()
-        db = db_of(a)
+        db = a.database()
         try:
             with db.read() as session:
                 envelope = session.scalars(select(OutboxMessage.envelope).where(
@@ -87,7 +83,7 @@ def test_refusals_before_authentication_are_counted_not_logged(tmp_path: Path, b
         garbage = os.urandom(64).hex().encode()
         r = httpx.post(f"{b.url}/comity/v1/inbox", content=garbage, timeout=10)
         assert r.status_code == 400
-        db = db_of(b)
+        db = b.database()
         try:
             with db.read() as session:
                 counts = {(c.source, c.category): c.count for c in session.scalars(select(RejectionCount))}
@@ -151,16 +147,7 @@ def test_a_conversation_is_delivered_in_order(tmp_path: Path, backend: str) -> N
         replies = [a.send("FR-DACG", subject=f"reply {i}", kind="consultation", thread=root) for i in range(5)]
         others = [a.send("FR-DACG", subject=f"other {i}") for i in range(3)]
         b.start()
-        db = db_of(a)
-        try:  # make the peer due now instead of waiting out its backoff
-            from node.storage.models import Peer
-
-            with db.write() as session:
-                session.get_one(Peer, "FR-DACG").next_attempt_at = 0
-                for row in session.scalars(select(OutboxMessage)):
-                    row.next_attempt_at = 0
-        finally:
-            db.dispose()
+        a.make_due()  # instead of waiting out the peer's backoff
         a.wait_for([root, *replies, *others], timeout=60)
         received = [m["id"] for m in b.inbox()]
         thread = [m for m in received if m in (root, *replies)]

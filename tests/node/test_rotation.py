@@ -39,7 +39,7 @@ from protocol.receipts import verify_receipt
 from tests.conftest import create_pg_database, drop_pg_database
 from tests.node.harness import NodeHandle, free_port
 from tests.node.test_crash import hurry, queue_directly
-from tests.node.test_exchange import assert_logs_verify, db_of, newest_keyset, outbox_row
+from tests.node.test_exchange import assert_logs_verify, outbox_row
 
 PASSPHRASE = "correct horse battery staple 7731"
 SUBJECT = "Subject-Zebra-7731"
@@ -65,7 +65,7 @@ def rotate(node: NodeHandle, *flags: str, env: dict[str, str] | None = None) -> 
 
 
 def audit_events(node: NodeHandle, event: str) -> list[AuditEntry]:
-    db = db_of(node)
+    db = node.database()
     try:
         with db.read() as session:
             rows = list(session.scalars(select(AuditEntry).where(AuditEntry.event == event)))
@@ -76,7 +76,7 @@ def audit_events(node: NodeHandle, event: str) -> list[AuditEntry]:
 
 
 def held_peer(node: NodeHandle, authority: str) -> Peer:
-    db = db_of(node)
+    db = node.database()
     try:
         with db.read() as session:
             row = session.get_one(Peer, authority)
@@ -100,7 +100,7 @@ def seal_to_a_key_b_does_not_hold(a: NodeHandle, message_id: str) -> None:
     """Re-encrypt a queued message to a key unknown to B (as after B lost or dropped a key)."""
     stranger = X25519PrivateKey.generate()
     jwk = public_jwk_of(stranger)
-    db = db_of(a)
+    db = a.database()
     try:
         with db.write() as session:
             row = session.scalars(select(OutboxMessage).where(OutboxMessage.message_id == message_id)).one()
@@ -159,7 +159,7 @@ def test_rotations_while_running(tmp_path: Path, backend: str) -> None:
                 assert time.monotonic() < deadline, a.status(mid)
                 hurry(a)
                 time.sleep(0.2)
-        b_keyset = newest_keyset(b)
+        b_keyset = b.newest_keyset()
         resealed = [e for e in audit_events(a, "resealed") if e.message_id == queued[0]]
         assert len(resealed) == 1 and json.loads(resealed[0].leaf)["kid"] == \
             b_keyset.current_encryption_key(int(time.time())).kid
