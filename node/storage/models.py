@@ -6,6 +6,8 @@ other column of ``audit_entries`` is derived from it (``comity audit verify`` ch
 
 from __future__ import annotations
 
+from typing import cast
+
 from sqlalchemy import (
     BigInteger,
     ForeignKey,
@@ -13,8 +15,10 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -83,8 +87,12 @@ class OutboxMessage(Base):
     delivered_at: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
-        Index("ix_outbox_due", "state", "next_attempt_at"),
-        Index("ix_outbox_conversation", "conversation", "seq"),
+        # covering, in claim order: a claim reads index entries only, never the rows' large columns
+        Index("ix_outbox_due", "state", "seq", "next_attempt_at", "lease_until", "exp", "peer", "conversation"),
+        # only messages not yet settled: "is an earlier message of this conversation still active?"
+        Index("ix_outbox_conversation_active", "conversation", "seq",
+              sqlite_where=text("state IN ('queued', 'sending')"),
+              postgresql_where=text("state IN ('queued', 'sending')")),
     )
 
 
@@ -110,7 +118,10 @@ class InboxMessage(Base):
     entry_id: Mapped[int] = mapped_column(ForeignKey("audit_entries.id"))
     receipt_jws: Mapped[bytes | None] = mapped_column(LargeBinary)
 
-    __table_args__ = (UniqueConstraint("sender", "message_id", name="uq_inbox_sender_id"),)
+    __table_args__ = (
+        UniqueConstraint("sender", "message_id", name="uq_inbox_sender_id"),
+        Index("ix_inbox_entry", "entry_id"),  # the integrator finds the messages of the entries it sequences
+    )
 
 
 class InboxPending(Base):
@@ -195,6 +206,9 @@ class AuditEntry(Base):
         UniqueConstraint("log", "leaf_index", name="uq_audit_entries_log_index"),
         Index("ix_audit_entries_pending", "log", "leaf_index", "id"),
         Index("ix_audit_entries_envelope", "envelope_sha256"),
+        # the integrator's queue: entries not sequenced yet, in order
+        Index("ix_audit_entries_unsequenced", "id", sqlite_where=text("leaf_index IS NULL"),
+              postgresql_where=text("leaf_index IS NULL")),
     )
 
 
@@ -304,3 +318,11 @@ class RejectionCount(Base):
     count: Mapped[int] = mapped_column(BigInteger)
     first_at: Mapped[int] = mapped_column(BigInteger)
     last_at: Mapped[int] = mapped_column(BigInteger)
+
+
+# Core tables of the hot paths (every message sent, received, settled and sequenced): statements on
+# these skip the ORM's unit of work, which costs more than the SQL itself.
+outbox_table = cast(Table, OutboxMessage.__table__)
+inbox_table = cast(Table, InboxMessage.__table__)
+audit_entries_table = cast(Table, AuditEntry.__table__)
+peers_table = cast(Table, Peer.__table__)
