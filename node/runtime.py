@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import socket
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 
 from keys.keystore import Keystore
@@ -17,7 +17,7 @@ from .config import Settings
 from .keyring import Keyring, PeerRefresher
 from .metrics import NodeMetrics
 from .services.integrator import BatchResult, IntegratorLock, IntegratorLoop
-from .storage.db import Database
+from .storage.db import Checkpointer, Database
 
 
 def now_seconds() -> int:
@@ -25,17 +25,18 @@ def now_seconds() -> int:
 
 
 class ReceiptWaiters:
-    """Wakes inbox requests when the integrator has stored their receipts (same process)."""
+    """Hands inbox requests their receipts as soon as the integrator has committed them (same process)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Event]] = {}
+        self._waiting: dict[int, Future[bytes]] = {}
 
-    def register(self, seq: int) -> asyncio.Event:
-        event = asyncio.Event()
+    def register(self, seq: int) -> Future[bytes]:
+        """A future resolved with the receipt of inbox message ``seq`` (from any thread)."""
+        fut: Future[bytes] = Future()
         with self._lock:
-            self._waiting[seq] = (asyncio.get_running_loop(), event)
-        return event
+            self._waiting[seq] = fut
+        return fut
 
     def forget(self, seq: int) -> None:
         with self._lock:
@@ -43,9 +44,11 @@ class ReceiptWaiters:
 
     def on_batch(self, result: BatchResult) -> None:
         with self._lock:
-            hits = [self._waiting.pop(seq) for seq in result.receipts if seq in self._waiting]
-        for loop, event in hits:
-            loop.call_soon_threadsafe(event.set)
+            hits = [(self._waiting.pop(seq), seq) for seq in result.receipts if seq in self._waiting]
+        for fut, seq in hits:
+            receipt = result.receipt_jws.get(seq)
+            if receipt is not None and not fut.done():
+                fut.set_result(receipt)
 
 
 class Node:
@@ -59,11 +62,15 @@ class Node:
         self.keyring = Keyring(keystore, passphrase=passphrase, metrics=self.metrics)
         self.authority = keystore.authority
         self.clock = clock
-        self.db = Database(settings.db_url)
+        self.db = Database(settings.db_url, autocheckpoint=False)
+        self.checkpointer = Checkpointer(self.db)
+        self.checkpointer.start()
         self.metrics.watch_database(self.db, clock)
         self.peer_refresher = PeerRefresher(self.db, clock=clock, verify_tls=settings.tls_ca or True,
                                             metrics=self.metrics)
         self.waiters = ReceiptWaiters()
+        #: the group-commit writer (``start_writer``); ``integrator`` is the same object once it integrates
+        self.writer: IntegratorLoop | None = None
         self.integrator: IntegratorLoop | None = None
         self.integrator_lock: IntegratorLock | None = None  # when taken over after start (``worker``)
         #: called (in the integrator's thread) after every committed batch, e.g. to write the heads file
@@ -83,18 +90,32 @@ class Node:
         for listener in self.batch_listeners:
             listener(result)
 
-    def start_integrator(self) -> IntegratorLoop:
+    def start_writer(self, *, integrate: bool) -> IntegratorLoop:
+        """Start the process's group-commit writer; it integrates the logs only if ``integrate`` (this
+        process holds the integrator lock)."""
         loop = IntegratorLoop(self.db, authority=self.authority, signer=lambda: self.keystore.signer,
-                              clock=self.clock, on_batch=self._on_batch, metrics=self.metrics)
+                              clock=self.clock, on_batch=self._on_batch, metrics=self.metrics, integrate=integrate)
         loop.start()
-        self.integrator = loop
+        self.writer = loop
+        if integrate:
+            self.integrator = loop
         return loop
+
+    def start_integrator(self) -> IntegratorLoop:
+        """Integrate from now on (the writer is started if it is not running yet)."""
+        if self.writer is None:
+            return self.start_writer(integrate=True)
+        self.writer.integrate = True
+        self.integrator = self.writer
+        self.writer.wake()
+        return self.writer
 
     def wake_integrator(self) -> None:
         if self.integrator is not None:
             self.integrator.wake()
 
     def close(self) -> None:
-        if self.integrator is not None:
-            self.integrator.stop()
+        if self.writer is not None:
+            self.writer.stop()
+        self.checkpointer.stop()
         self.db.dispose()

@@ -47,7 +47,8 @@ def _make_worker(node: Node) -> DeliveryWorker:
     worker = DeliveryWorker(node.db, authority=node.authority, owner=node.owner, clock=node.clock, poll=s.worker_poll,
                             concurrency=s.worker_concurrency, timeout=s.http_timeout, skew=s.skew,
                             max_lifetime=s.max_lifetime, verify_tls=verify, lease=s.lease_seconds,
-                            metrics=node.metrics, allow_http=s.insecure_http, witness_poll=s.witness_poll)
+                            metrics=node.metrics, allow_http=s.insecure_http, witness_poll=s.witness_poll,
+                            writer=node.writer)
 
     def queued() -> None:  # the local API calls this once a queued message has committed
         crash_point("after_queue_commit")  # tests only
@@ -130,8 +131,7 @@ def serve(node: Node, *, with_worker: bool = True) -> None:
     arm_crash_points(testing=s.testing, env=os.environ)
     lock = _try_integrator(node)
     try:
-        if lock is not None:
-            node.start_integrator()
+        node.start_writer(integrate=lock is not None)
         endpoint = node.keystore.keyset.endpoint
         if s.insecure_http:
             host, port = (s.host or "127.0.0.1"), (s.port or peer_bind(s, endpoint)[1])
@@ -172,8 +172,7 @@ def run_worker(node: Node) -> None:
     arm_crash_points(testing=node.settings.testing, env=os.environ)
     lock = _try_integrator(node)
     try:
-        if lock is not None:
-            node.start_integrator()
+        node.start_writer(integrate=lock is not None)
         asyncio.run(_run([], _make_worker(node), node))
     finally:
         node.close()

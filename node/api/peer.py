@@ -3,31 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
-from protocol.envelope import envelope_sha256
+from protocol.envelope import OpenedEnvelope, envelope_sha256
 from protocol.errors import Category, ProtocolError
 
 from ..faults import crash_point
 from ..runtime import Node
 from ..services.audit import append_entry
+from ..services.integrator import StoppedError
 from ..services.peers import peer_lookup
 from ..services.receiving import (
     Accepted,
     Duplicate,
     InboxLimits,
     Rejected,
+    Stored,
     open_inbound,
     receipt_by_seq,
     record_rejection,
     rejected_from,
     sign_rejection,
     store_inbound,
+    store_inbound_in,
     stored_receipt,
 )
 from ..storage.models import InboxMessage
@@ -40,6 +43,8 @@ MEDIA_JOSE_JSON = "application/jose+json"
 DUPLICATE_WAIT = 5.0
 DUPLICATE_LOG_INTERVAL = 600.0
 RECEIPT_WAIT = 10.0
+INLINE_OPEN_BYTES = 64 * 1024
+KEYSET_TTL = 1.0  # a sender's keyset is read again at most this long after it changed
 
 
 def _receipt(body: bytes, *, duplicate: bool) -> Response:
@@ -52,7 +57,7 @@ def build_peer_router(node: Node) -> APIRouter:
     limits = InboxLimits(skew=node.settings.skew, max_lifetime=node.settings.max_lifetime,
                          max_bytes=node.settings.envelope_max_bytes, max_attachments=node.settings.max_attachments,
                          max_attachment_bytes=node.settings.max_attachment_bytes)
-    lookup = peer_lookup(node.db)
+    lookup = peer_lookup(node.db, ttl=KEYSET_TTL)
 
     def refusal(category: Category, *, aud: str | None, sha: str | None, detail: str | None = None,
                 retry_after: int | None = None) -> Response:
@@ -74,24 +79,50 @@ def build_peer_router(node: Node) -> APIRouter:
         with node.db.read() as session:
             return stored_receipt(session, sha)
 
+    def _receipt_of(seq: int) -> bytes | None:
+        with node.db.read() as session:
+            return receipt_by_seq(session, seq)
+
     async def await_receipt(seq: int) -> bytes | None:
-        event = node.waiters.register(seq)
+        """The receipt of inbox message ``seq`` once signed (None after ``RECEIPT_WAIT``): woken by this
+        process's integrator, or read from the database (another process may integrate)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RECEIPT_WAIT
+        waiter = asyncio.wrap_future(node.waiters.register(seq))
         node.wake_integrator()
-        deadline = asyncio.get_running_loop().time() + RECEIPT_WAIT
         try:
             while True:
-                with node.db.read() as session:
-                    receipt = receipt_by_seq(session, seq)
+                receipt = await asyncio.to_thread(_receipt_of, seq)
                 if receipt is not None:
                     return receipt
-                remaining = deadline - asyncio.get_running_loop().time()
+                remaining = deadline - loop.time()
                 if remaining <= 0:
                     return None
                 poll = 0.25 if node.integrator is not None else 0.02
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), timeout=min(poll, remaining))
+                await asyncio.wait({waiter}, timeout=min(poll, remaining))
+                if waiter.done() and not waiter.cancelled():
+                    return waiter.result()
         finally:
             node.waiters.forget(seq)
+            waiter.cancel()
+
+    async def store(opened: OpenedEnvelope, raw: bytes, now: int) -> Stored:
+        """Store through the writer's next batch (group commit: one transaction for every message
+        arriving meanwhile, ended by the integrator batch that signs their receipts)."""
+        writer = node.writer
+        if writer is not None:
+            try:
+                return await writer.run(lambda session: Stored(store_inbound_in(session, opened, raw, now=now)))
+            except IntegrityError:
+                pass  # another process of this node stored the same message meanwhile: decide afresh
+        return Stored(await asyncio.to_thread(store_inbound, node.db, opened, raw, now=now))
+
+    async def held_answer(sha: str) -> Response | None:
+        """The answer for bytes already held: their receipt (200), or their pending state (202)."""
+        found, receipt = await asyncio.to_thread(_lookup, sha)
+        if found:
+            return await duplicate_answer(sha, receipt)
+        return await attachments.pending_answer(sha)
 
     @router.post("/comity/v1/inbox")
     async def inbox(request: Request) -> Response:
@@ -103,20 +134,21 @@ def build_peer_router(node: Node) -> APIRouter:
                            detail=f"{length} bytes exceed the cap of {limits.max_bytes}")
         raw = await request.body()
         sha = envelope_sha256(raw)
-        # (2) a stored receipt for these exact bytes is returned before any freshness check
-        found, receipt = await asyncio.to_thread(_lookup, sha)
-        if found:
-            return await duplicate_answer(sha, receipt)
-        pending = await attachments.pending_answer(sha)  # bytes held as pending: their state again (202)
-        if pending is not None:
-            return pending
         now = node.clock()
         try:
-            opened = await asyncio.to_thread(
-                open_inbound, raw, me=node.authority, decryption_keys=node.keystore.decryption_keys(now),
-                lookup_peer=lookup, now=now, limits=limits,
-            )
+            keys = node.keystore.decryption_keys(now)
+            if len(raw) <= INLINE_OPEN_BYTES:  # a small envelope opens faster than a thread hop
+                opened = open_inbound(raw, me=node.authority, decryption_keys=keys, lookup_peer=lookup, now=now,
+                                      limits=limits)
+            else:
+                opened = await asyncio.to_thread(open_inbound, raw, me=node.authority, decryption_keys=keys,
+                                                 lookup_peer=lookup, now=now, limits=limits)
         except ProtocolError as e:
+            # (2) bytes already held are answered as held (their receipt, or their pending state), before
+            # any verdict on freshness or keys: a replay of an old message is not an error
+            held = await held_answer(sha)
+            if held is not None:
+                return held
             rejected = rejected_from(e, raw)
             sender = getattr(e, "authenticated_sender", None)
             if e.category == Category.UNKNOWN_SIGNING_KEY and rejected.aud is not None:
@@ -127,11 +159,20 @@ def build_peer_router(node: Node) -> APIRouter:
                                     message_id=None, now=now)
             return refusal(rejected.category, aud=rejected.aud, sha=sha, detail=e.detail)
         if opened.content.attachments:
+            held = await held_answer(sha)
+            if held is not None:
+                return held
             return await attachments.post_pending(opened, raw, now=now)
-        result = await asyncio.to_thread(store_inbound, node.db, opened, raw, now=now)
+        # without attachments, bytes already held are found by the store itself (no read first)
+        try:
+            stored = await store(opened, raw, now)
+        except StoppedError:
+            return refusal(Category.UNAVAILABLE, aud=opened.content.iss, sha=sha, detail="the node is stopping",
+                           retry_after=1)
+        result = stored.result
         if isinstance(result, Accepted):
             crash_point("inbox_after_commit_before_response")  # tests only
-            receipt = await await_receipt(result.seq)
+            receipt = stored.receipt or await await_receipt(result.seq)
             if receipt is None:
                 return refusal(Category.UNAVAILABLE, aud=opened.content.iss, sha=sha,
                                detail="stored; the receipt is not signed yet", retry_after=1)

@@ -10,12 +10,12 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, bindparam, exists, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from ..services.audit import append_entry, sha256_hex
 from ..storage.db import Database
-from ..storage.models import OutboxMessage, Peer
+from ..storage.models import OutboxMessage, Peer, outbox_table, peers_table
 
 LEASE_SECONDS = 60
 BACKOFF_BASE = 1.0
@@ -60,20 +60,28 @@ def fail_expired(session: Session, *, now: int, skew: int) -> int:
     return len(rows)
 
 
-def _due_query(now: int, limit: int, skip_locked: bool) -> object:
+def _due_query(state: str, now: int, limit: int, skip_locked: bool) -> object:
+    """Due messages in one state, oldest first.  One state per query so that the index on
+    (state, seq, ...) yields them in order and the scan stops after ``limit`` (an IN over two
+    states would sort every active message, every claim)."""
     earlier = aliased(OutboxMessage)
     q = (
         select(OutboxMessage.seq)
         .join(Peer, Peer.authority == OutboxMessage.peer)
         .where(
-            OutboxMessage.state.in_(ACTIVE),
+            OutboxMessage.state == state,
             OutboxMessage.next_attempt_at <= now,
             Peer.next_attempt_at <= now,
-            or_(OutboxMessage.lease_until.is_(None), OutboxMessage.lease_until < now),
+            # a queued message holds no lease (every way back to ``queued`` drops it); a message in
+            # ``sending`` always holds one: due once it lapsed.  (No OR here: it would cost the index.)
+            OutboxMessage.lease_until.is_(None) if state == "queued" else OutboxMessage.lease_until < now,
             ~exists().where(and_(earlier.conversation == OutboxMessage.conversation,
                                  earlier.seq < OutboxMessage.seq, earlier.state.in_(ACTIVE))),
         )
-        .order_by(OutboxMessage.seq)
+        # (state, seq): state is fixed by the WHERE, so this is seq order; naming the index's columns
+        # keeps PostgreSQL on it even when its statistics lag behind (else it walks the primary key
+        # through every delivered message)
+        .order_by(OutboxMessage.state, OutboxMessage.seq)
         .limit(limit)
     )
     if skip_locked:
@@ -86,28 +94,52 @@ def claim_due_deliveries(db: Database, *, owner: str, now: int, limit: int, skew
     """Claim up to ``limit`` due messages for ``owner`` for ``lease`` seconds (``FOR UPDATE SKIP LOCKED``
     on PostgreSQL); with ``expire``, first end the messages past their lifetime."""
     with db.write() as session:
-        if expire:
-            fail_expired(session, now=now, skew=skew)
-        seqs = list(session.scalars(_due_query(now, limit, skip_locked=not db.sqlite)))  # type: ignore[call-overload]
-        if not seqs:
-            return []
-        session.execute(
-            update(OutboxMessage).where(OutboxMessage.seq.in_(seqs)).values(
-                state="sending", lease_until=now + lease, lease_owner=owner,
-                attempts=OutboxMessage.attempts + 1,
-            )
+        return claim_due(session, owner=owner, now=now, limit=limit, skew=skew, lease=lease, expire=expire)
+
+
+def claim_due(session: Session, *, owner: str, now: int, limit: int, skew: int = 300, lease: int = LEASE_SECONDS,
+              expire: bool = True) -> list[Claim]:
+    """``claim_due_deliveries`` in the caller's transaction."""
+    if expire:
+        fail_expired(session, now=now, skew=skew)
+    sqlite = session.get_bind().dialect.name == "sqlite"
+    due = [seq for state in ACTIVE  # queued, and sending with a lapsed lease
+           for seq in session.scalars(_due_query(state, now, limit, skip_locked=not sqlite))]  # type: ignore[call-overload]
+    seqs = sorted(due)[:limit]
+    if not seqs:
+        return []
+    session.execute(
+        update(OutboxMessage).where(OutboxMessage.seq.in_(seqs)).values(
+            state="sending", lease_until=now + lease, lease_owner=owner,
+            attempts=OutboxMessage.attempts + 1,
         )
-        rows = session.execute(
-            select(OutboxMessage, Peer.endpoint).join(Peer, Peer.authority == OutboxMessage.peer)
-            .where(OutboxMessage.seq.in_(seqs)).order_by(OutboxMessage.seq)
-        ).all()
-        claims = []
-        for row, endpoint in rows:
-            claims.append(Claim(row.seq, row.message_id, row.peer, endpoint, row.envelope, row.envelope_sha256,
-                                row.inner_jws, row.recipient_kid, row.attempts, row.exp))
-            append_entry(session, event="attempt", at=now, message_id=row.message_id, peer=row.peer,
-                         envelope_sha256=row.envelope_sha256, details={"attempt": row.attempts})
-        return claims
+    )
+    p = peers_table.c
+    rows = session.connection().execute(
+        select(_o.seq, _o.message_id, _o.peer, p.endpoint, _o.envelope, _o.envelope_sha256, _o.inner_jws,
+               _o.recipient_kid, _o.attempts, _o.exp)
+        .join_from(outbox_table, peers_table, p.authority == _o.peer).where(_o.seq.in_(seqs)).order_by(_o.seq)
+    ).all()
+    claims = []
+    for r in rows:
+        claims.append(Claim(r.seq, r.message_id, r.peer, r.endpoint, r.envelope, r.envelope_sha256, r.inner_jws,
+                            r.recipient_kid, r.attempts, r.exp))
+        append_entry(session, event="attempt", at=now, message_id=r.message_id, peer=r.peer,
+                     envelope_sha256=r.envelope_sha256, details={"attempt": r.attempts})
+    return claims
+
+
+_o = outbox_table.c
+_SETTLE_DELIVERED = outbox_table.update().where(
+    # still ours (as in ``_owned``)
+    _o.seq == bindparam("b_seq"), _o.state == "sending", _o.lease_owner == bindparam("b_owner"),
+    _o.attempts == bindparam("b_attempt"),
+).values(state="delivered", lease_until=None, lease_owner=None, delivered_at=bindparam("b_now"),
+         receipt_jws=bindparam("b_receipt"), receipt_received_at=bindparam("b_received_at"),
+         receipt_leaf_index=bindparam("b_leaf_index"), receipt_tree_size=bindparam("b_tree_size"),
+         receipt_root=bindparam("b_root"))
+_PEER_SUCCESS = peers_table.update().where(peers_table.c.authority == bindparam("b_peer")).values(
+    failures=0, next_attempt_at=0, last_success_at=bindparam("b_now"))
 
 
 def _owned(session: Session, claim: Claim, owner: str) -> OutboxMessage | None:
@@ -120,89 +152,116 @@ def _owned(session: Session, claim: Claim, owner: str) -> OutboxMessage | None:
 def settle_delivered(db: Database, claim: Claim, *, owner: str, receipt_jws: bytes, received_at: int,
                      leaf_index: int, tree_size: int, root: str, now: int) -> bool:
     with db.write() as session:
-        row = _owned(session, claim, owner)
-        if row is None:
-            return False
-        row.state, row.lease_until, row.lease_owner, row.delivered_at = "delivered", None, None, now
-        row.receipt_jws, row.receipt_received_at = receipt_jws, received_at
-        row.receipt_leaf_index, row.receipt_tree_size, row.receipt_root = leaf_index, tree_size, root
-        peer = session.get(Peer, claim.peer)
-        if peer is not None:
-            peer.failures, peer.next_attempt_at, peer.last_success_at = 0, 0, now
-        append_entry(session, event="delivered", at=now, message_id=claim.message_id, peer=claim.peer,
-                     envelope_sha256=claim.envelope_sha256,
-                     details={"receipt_sha256": sha256_hex(receipt_jws), "peer_leaf_index": leaf_index,
-                              "peer_tree_size": tree_size, "peer_root": root, "attempt": claim.attempt})
-        return True
+        return settle_delivered_in(session, claim, owner=owner, receipt_jws=receipt_jws, received_at=received_at,
+                                   leaf_index=leaf_index, tree_size=tree_size, root=root, now=now)
+
+
+def settle_delivered_in(session: Session, claim: Claim, *, owner: str, receipt_jws: bytes, received_at: int,
+                        leaf_index: int, tree_size: int, root: str, now: int) -> bool:
+    # plain UPDATEs (no ORM load of the row and its envelope): this runs for every message delivered
+    conn = session.connection()
+    settled = conn.execute(_SETTLE_DELIVERED, {
+        "b_seq": claim.seq, "b_owner": owner, "b_attempt": claim.attempt, "b_now": now, "b_receipt": receipt_jws,
+        "b_received_at": received_at, "b_leaf_index": leaf_index, "b_tree_size": tree_size, "b_root": root,
+    })
+    if settled.rowcount != 1:
+        return False  # the lease expired and a newer claim owns the message
+    conn.execute(_PEER_SUCCESS, {"b_peer": claim.peer, "b_now": now})
+    append_entry(session, event="delivered", at=now, message_id=claim.message_id, peer=claim.peer,
+                 envelope_sha256=claim.envelope_sha256,
+                 details={"receipt_sha256": sha256_hex(receipt_jws), "peer_leaf_index": leaf_index,
+                          "peer_tree_size": tree_size, "peer_root": root, "attempt": claim.attempt})
+    return True
 
 
 def settle_failed(db: Database, claim: Claim, *, owner: str, category: str, now: int) -> bool:
     """A verified permanent error from the peer: the message ends ``failed``."""
     with db.write() as session:
-        row = _owned(session, claim, owner)
-        if row is None:
-            return False
-        row.state, row.lease_until, row.lease_owner = "failed", None, None
-        row.last_error_category, row.last_error_at = category, now
-        append_entry(session, event="failed", at=now, message_id=claim.message_id, peer=claim.peer,
-                     envelope_sha256=claim.envelope_sha256, details={"category": category, "attempt": claim.attempt})
-        return True
+        return settle_failed_in(session, claim, owner=owner, category=category, now=now)
+
+
+def settle_failed_in(session: Session, claim: Claim, *, owner: str, category: str, now: int) -> bool:
+    row = _owned(session, claim, owner)
+    if row is None:
+        return False
+    row.state, row.lease_until, row.lease_owner = "failed", None, None
+    row.last_error_category, row.last_error_at = category, now
+    append_entry(session, event="failed", at=now, message_id=claim.message_id, peer=claim.peer,
+                 envelope_sha256=claim.envelope_sha256, details={"category": category, "attempt": claim.attempt})
+    return True
 
 
 def settle_retry(db: Database, claim: Claim, *, owner: str, category: str, now: int,
                  retry_after: int | None = None, per_peer: bool = True, delay: float | None = None) -> bool:
     """Release the claim for a later attempt; a peer-wide failure backs off the whole peer."""
     with db.write() as session:
-        row = _owned(session, claim, owner)
-        if row is None:
-            return False
-        peer = session.get(Peer, claim.peer, with_for_update=True)
-        if peer is not None and per_peer:
-            # One round of failures (every message in flight to a peer that is down) counts once:
-            # only the first failure after the peer's backoff ended moves the backoff on.
-            if peer.next_attempt_at <= now:
-                peer.failures += 1
-                wait = delay if delay is not None else backoff_delay(peer.failures, retry_after=retry_after)
-                peer.next_attempt_at = now + max(1, round(wait))
-            peer.last_error_category, peer.last_error_at = category, now
-            next_at = peer.next_attempt_at
-        else:
-            wait = delay if delay is not None else backoff_delay(claim.attempt, retry_after=retry_after)
-            next_at = now + max(1, round(wait))
-        row.state, row.lease_until, row.lease_owner = "queued", None, None
-        row.next_attempt_at = next_at
-        row.last_error_category, row.last_error_at = category, now
-        return True
+        return settle_retry_in(session, claim, owner=owner, category=category, now=now, retry_after=retry_after,
+                               per_peer=per_peer, delay=delay)
+
+
+def settle_retry_in(session: Session, claim: Claim, *, owner: str, category: str, now: int,
+                    retry_after: int | None = None, per_peer: bool = True, delay: float | None = None) -> bool:
+    row = _owned(session, claim, owner)
+    if row is None:
+        return False
+    peer = session.get(Peer, claim.peer, with_for_update=True)
+    if peer is not None and per_peer:
+        # One round of failures (every message in flight to a peer that is down) counts once:
+        # only the first failure after the peer's backoff ended moves the backoff on.
+        if peer.next_attempt_at <= now:
+            peer.failures += 1
+            wait = delay if delay is not None else backoff_delay(peer.failures, retry_after=retry_after)
+            peer.next_attempt_at = now + max(1, round(wait))
+        peer.last_error_category, peer.last_error_at = category, now
+        next_at = peer.next_attempt_at
+    else:
+        wait = delay if delay is not None else backoff_delay(claim.attempt, retry_after=retry_after)
+        next_at = now + max(1, round(wait))
+    row.state, row.lease_until, row.lease_owner = "queued", None, None
+    row.next_attempt_at = next_at
+    row.last_error_category, row.last_error_at = category, now
+    return True
 
 
 def replace_envelope(db: Database, claim: Claim, *, owner: str, envelope: bytes, sha256: str,
                      recipient_kid: str, now: int) -> bool:
     """After ``retry-after-refresh``: the same inner JWS, re-encrypted to the peer's new key."""
     with db.write() as session:
-        row = _owned(session, claim, owner)
-        if row is None:
-            return False
-        old = row.envelope_sha256
-        row.envelope, row.envelope_sha256, row.recipient_kid = envelope, sha256, recipient_kid
-        row.state, row.lease_until, row.lease_owner, row.next_attempt_at = "queued", None, None, now
-        append_entry(session, event="resealed", at=now, message_id=claim.message_id, peer=claim.peer,
-                     envelope_sha256=sha256, details={"kid": recipient_kid, "reason": f"replaces {old}"})
-        return True
+        return replace_envelope_in(session, claim, owner=owner, envelope=envelope, sha256=sha256,
+                                   recipient_kid=recipient_kid, now=now)
+
+
+def replace_envelope_in(session: Session, claim: Claim, *, owner: str, envelope: bytes, sha256: str,
+                        recipient_kid: str, now: int) -> bool:
+    row = _owned(session, claim, owner)
+    if row is None:
+        return False
+    old = row.envelope_sha256
+    row.envelope, row.envelope_sha256, row.recipient_kid = envelope, sha256, recipient_kid
+    row.state, row.lease_until, row.lease_owner, row.next_attempt_at = "queued", None, None, now
+    append_entry(session, event="resealed", at=now, message_id=claim.message_id, peer=claim.peer,
+                 envelope_sha256=sha256, details={"kid": recipient_kid, "reason": f"replaces {old}"})
+    return True
 
 
 def extend_lease(db: Database, claim: Claim, *, owner: str, now: int, lease: int = LEASE_SECONDS,
                  acknowledged: dict[int, int] | None = None) -> bool:
     """Keep the claim of a long attachment transfer (and record its progress: chunks acknowledged per
     attachment); False if the lease was lost, and the transfer must stop."""
+    with db.write() as session:
+        return extend_lease_in(session, claim, owner=owner, now=now, lease=lease, acknowledged=acknowledged)
+
+
+def extend_lease_in(session: Session, claim: Claim, *, owner: str, now: int, lease: int = LEASE_SECONDS,
+                    acknowledged: dict[int, int] | None = None) -> bool:
     from ..storage.models import OutboxAttachment
 
-    with db.write() as session:
-        row = _owned(session, claim, owner)
-        if row is None:
-            return False
-        row.lease_until = max(row.lease_until or 0, now + lease)
-        for att, count in (acknowledged or {}).items():
-            session.execute(update(OutboxAttachment).where(
-                OutboxAttachment.message_id == claim.message_id, OutboxAttachment.att == att,
-            ).values(acknowledged=count))
-        return True
+    row = _owned(session, claim, owner)
+    if row is None:
+        return False
+    row.lease_until = max(row.lease_until or 0, now + lease)
+    for att, count in (acknowledged or {}).items():
+        session.execute(update(OutboxAttachment).where(
+            OutboxAttachment.message_id == claim.message_id, OutboxAttachment.att == att,
+        ).values(acknowledged=count))
+    return True

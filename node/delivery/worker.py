@@ -12,6 +12,7 @@ import contextlib
 import ssl
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 import structlog
@@ -31,20 +32,26 @@ from .attachments import ChunkSender
 from .claims import (
     LEASE_SECONDS,
     Claim,
-    claim_due_deliveries,
-    replace_envelope,
-    settle_delivered,
-    settle_failed,
-    settle_retry,
+    claim_due,
+    replace_envelope_in,
+    settle_delivered_in,
+    settle_failed_in,
+    settle_retry_in,
 )
 from .client import outbound_client
 from .refresh import RefreshError, refresh_peer_keyset
 from .transport import MEDIA_JOSE, Response, TransportFailure, error_jws_of, post_envelope
 from .witness import PeerWitness
 
+if TYPE_CHECKING:
+
+    from ..services.integrator import IntegratorLoop
+
 log = structlog.get_logger("comity.delivery")
+T = TypeVar("T")
 
 REFRESH_MIN_INTERVAL = 60.0
+KEYSET_TTL = 1.0  # a peer's keyset is read again at most this long after it changed
 EXPIRY_EVERY = 10.0  # seconds between sweeps for messages past their lifetime
 #: Retryable refusals that concern one message, not the peer as a whole.
 MESSAGE_SCOPED = frozenset({Category.NOT_YET_VALID, Category.UNKNOWN_SIGNING_KEY, Category.SENDER_KEYSET_EXPIRED,
@@ -63,11 +70,14 @@ def _outcome(resp: Response | TransportFailure) -> str:
 class DeliveryWorker:
     def __init__(
         self, db: Database, *, authority: str, owner: str, clock: Callable[[], int] = lambda: int(time.time()),
-        poll: float = 0.5, concurrency: int = 16, timeout: float = 30.0, skew: int = 300,
+        poll: float = 0.5, concurrency: int = 32, timeout: float = 30.0, skew: int = 300,
         max_lifetime: int = 7 * 86400, verify_tls: bool | ssl.SSLContext = True, lease: int = LEASE_SECONDS,
         metrics: NodeMetrics | None = None, witness_poll: float = 300.0, allow_http: bool = False,
+        writer: IntegratorLoop | None = None,
     ) -> None:
         self.db = db
+        #: the process's group-commit writer: claims and settles share its transactions
+        self.writer = writer
         self.allow_http = allow_http  # plain-HTTP peer endpoints only in --insecure-http mode
         self.authority = authority
         self.owner = owner
@@ -83,7 +93,7 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
         self._last_refresh: dict[str, float] = {}
-        self._keyset = peer_lookup(db)  # the keyset held for a peer, read fresh each time
+        self._keyset = peer_lookup(db, ttl=KEYSET_TTL)  # the keyset held for a peer
         self._next_expiry = 0.0
         self.chunks = ChunkSender(db, owner=owner, clock=clock, timeout=timeout, lease=lease)
         self.witness = PeerWitness(db, clock=clock, skew=skew, max_lifetime=max_lifetime, poll=witness_poll)
@@ -91,20 +101,33 @@ class DeliveryWorker:
     def wake(self) -> None:
         self._wake.set()
 
+    async def _write(self, job: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """``job(session, *args, **kw)`` in a write transaction: the writer's next batch, or one of its own."""
+        if self.writer is not None:
+            return await self.writer.run(lambda session: job(session, *args, **kw))
+
+        def alone() -> T:
+            with self.db.write() as session:
+                return job(session, *args, **kw)
+        return await asyncio.to_thread(alone)
+
     async def run(self, stop: asyncio.Event) -> None:
         async with outbound_client(verify=self.verify_tls, connections=self.concurrency * 2) as client:
             witness = asyncio.create_task(self.witness.run(client, stop))  # peers' logs, redelivery requests
             while not stop.is_set():
+                # cleared before claiming: a wake (a message queued, a delivery done) that arrives while
+                # the claim runs must start another round, not be lost until the next poll
+                self._wake.clear()
                 free = self.concurrency - len(self._in_flight)
-                # claim in batches: one claim transaction per half a window, not one per finished message
-                if free >= max(1, self.concurrency // 2) or (free > 0 and not self._in_flight):
+                # claim in batches: one claim per quarter of a window, not one per finished message
+                if free >= max(1, self.concurrency // 4) or (free > 0 and not self._in_flight):
                     expire = time.monotonic() >= self._next_expiry
                     if expire:
                         self._next_expiry = time.monotonic() + EXPIRY_EVERY
                     try:
-                        claims = await asyncio.to_thread(
-                            claim_due_deliveries, self.db, owner=self.owner, now=self.clock(), limit=free,
-                            skew=self.skew, lease=self.lease, expire=expire,
+                        claims = await self._write(
+                            claim_due, owner=self.owner, now=self.clock(), limit=free, skew=self.skew,
+                            lease=self.lease, expire=expire,
                         )
                         if claims:
                             crash_point("after_claim_commit")  # tests only
@@ -117,7 +140,6 @@ class DeliveryWorker:
                         task.add_done_callback(self._done)
                     if claims and len(self._in_flight) < self.concurrency:
                         continue
-                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.poll)
             if self._in_flight:
@@ -141,10 +163,12 @@ class DeliveryWorker:
         except RefreshError as e:
             log.warning("keyset_refresh_failed", peer=authority, detail=str(e)[:300])
             return False
+        finally:
+            self._keyset.forget(authority)
 
     async def _verify(self, client: httpx.AsyncClient, claim: Claim, check: Callable[[Keyset], object]) -> object:
         """Verify with the held keyset; on an unknown signing kid, refresh once and verify again."""
-        keyset = await asyncio.to_thread(self._keyset, claim.peer)
+        keyset = await self._held_keyset(claim.peer)
         if keyset is None:
             raise ArtifactError(Category.UNKNOWN_SENDER, f"{claim.peer} is no longer pinned")
         try:
@@ -152,16 +176,21 @@ class DeliveryWorker:
         except ArtifactError as e:
             if e.category != Category.UNKNOWN_SIGNING_KEY or not await self._refresh(client, claim.peer):
                 raise
-        keyset = await asyncio.to_thread(self._keyset, claim.peer)
-        assert keyset is not None
+        keyset = await self._held_keyset(claim.peer)
+        if keyset is None:
+            raise ArtifactError(Category.UNKNOWN_SENDER, f"{claim.peer} is no longer pinned")
         return check(keyset)
+
+    async def _held_keyset(self, authority: str) -> Keyset | None:
+        fresh, keyset = self._keyset.cached(authority)
+        return keyset if fresh else await asyncio.to_thread(self._keyset, authority)
 
     async def _deliver(self, client: httpx.AsyncClient, claim: Claim) -> None:
         blog = log.bind(message_id=claim.message_id, peer=claim.peer, attempt=claim.attempt)
         if not self.allow_http and not claim.endpoint.lower().startswith("https://"):
             blog.warning("insecure_endpoint_refused",
                          detail="the peer's endpoint is not https (--insecure-http is for local test federations)")
-            await asyncio.to_thread(settle_retry, self.db, claim, owner=self.owner, category="insecure_endpoint",
+            await self._write(settle_retry_in, claim, owner=self.owner, category="insecure_endpoint",
                                     now=self.clock())
             return
         started = time.perf_counter()
@@ -174,7 +203,7 @@ class DeliveryWorker:
         now = self.clock()
         if isinstance(resp, TransportFailure):
             blog.info("delivery_unreachable", reason=resp.reason)
-            await asyncio.to_thread(settle_retry, self.db, claim, owner=self.owner, category="unreachable", now=now)
+            await self._write(settle_retry_in, claim, owner=self.owner, category="unreachable", now=now)
             return
         if resp.status in (200, 201) and resp.content_type == MEDIA_JOSE:
             await self._on_receipt(client, claim, resp, blog)
@@ -185,7 +214,7 @@ class DeliveryWorker:
             return
         category = "rate_limited" if resp.status == 429 else f"http_{resp.status}"
         blog.info("delivery_retry", status=resp.status)
-        await asyncio.to_thread(settle_retry, self.db, claim, owner=self.owner, category=category, now=now,
+        await self._write(settle_retry_in, claim, owner=self.owner, category=category, now=now,
                                 retry_after=resp.retry_after)
 
     async def _on_receipt(self, client: httpx.AsyncClient, claim: Claim, resp: Response,
@@ -198,15 +227,15 @@ class DeliveryWorker:
             receipt = await self._verify(client, claim, check)
         except ProtocolError as e:
             blog.warning("receipt_refused", category=e.category.value, detail=e.detail[:200])
-            await asyncio.to_thread(settle_retry, self.db, claim, owner=self.owner, category="receipt_invalid",
+            await self._write(settle_retry_in, claim, owner=self.owner, category="receipt_invalid",
                                     now=self.clock())
             return
         from protocol.receipts import Receipt
 
         assert isinstance(receipt, Receipt)
         crash_point("after_post_before_receipt_stored")  # tests only
-        await asyncio.to_thread(
-            settle_delivered, self.db, claim, owner=self.owner, receipt_jws=resp.body,
+        await self._write(
+            settle_delivered_in, claim, owner=self.owner, receipt_jws=resp.body,
             received_at=receipt.received_at, leaf_index=receipt.leaf_index, tree_size=receipt.tree_size,
             root=receipt.root, now=self.clock(),
         )
@@ -224,7 +253,7 @@ class DeliveryWorker:
             err = await self._verify(client, claim, check)
         except ProtocolError as e:
             blog.info("unsigned_error_ignored", status=resp.status, category=e.category.value)
-            await asyncio.to_thread(settle_retry, self.db, claim, owner=self.owner, category=f"http_{resp.status}",
+            await self._write(settle_retry_in, claim, owner=self.owner, category=f"http_{resp.status}",
                                     now=self.clock(), retry_after=resp.retry_after)
             return
         from protocol.rejections import SignedError
@@ -233,7 +262,7 @@ class DeliveryWorker:
         now = self.clock()
         if err.error_class == ErrorClass.PERMANENT:
             blog.warning("delivery_failed", category=err.category.value)
-            await asyncio.to_thread(settle_failed, self.db, claim, owner=self.owner, category=err.category.value,
+            await self._write(settle_failed_in, claim, owner=self.owner, category=err.category.value,
                                     now=now)
         elif err.error_class == ErrorClass.RETRY_AFTER_REFRESH:
             await self._reseal(client, claim, err.category.value, blog)
@@ -241,28 +270,28 @@ class DeliveryWorker:
             blog.info("delivery_retry", category=err.category.value)
             # a refusal about this message (its time, its signing key, its chunks) backs off the
             # message alone; a refusal about the peer's state (busy, unavailable) backs off the peer
-            await asyncio.to_thread(settle_retry, self.db, claim, owner=self.owner, category=err.category.value,
+            await self._write(settle_retry_in, claim, owner=self.owner, category=err.category.value,
                                     now=now, retry_after=resp.retry_after,
                                     per_peer=err.category not in MESSAGE_SCOPED)
 
     async def _reseal(self, client: httpx.AsyncClient, claim: Claim, category: str,
                       blog: structlog.typing.FilteringBoundLogger) -> None:
         await self._refresh(client, claim.peer, force=True)
-        keyset = await asyncio.to_thread(self._keyset, claim.peer)
+        keyset = await self._held_keyset(claim.peer)
         now = self.clock()
         try:
             if keyset is None:
                 raise ProtocolError(Category.UNKNOWN_SENDER, "peer no longer pinned")
             key = keyset.current_encryption_key(now)
         except ProtocolError as e:
-            await asyncio.to_thread(settle_retry, self.db, claim, owner=self.owner, category=e.category.value, now=now)
+            await self._write(settle_retry_in, claim, owner=self.owner, category=e.category.value, now=now)
             return
         if key.kid == claim.recipient_kid:
             blog.info("reseal_no_new_key", category=category)
-            await asyncio.to_thread(settle_retry, self.db, claim, owner=self.owner, category=category, now=now)
+            await self._write(settle_retry_in, claim, owner=self.owner, category=category, now=now)
             return
         sealed = reseal_envelope(claim.inner_jws, iss=self.authority, aud=claim.peer, recipient_kid=key.kid,
                                  recipient_key=key.key)
         blog.info("resealed", kid=key.kid)
-        await asyncio.to_thread(replace_envelope, self.db, claim, owner=self.owner, envelope=sealed.raw,
+        await self._write(replace_envelope_in, claim, owner=self.owner, envelope=sealed.raw,
                                 sha256=sealed.sha256, recipient_kid=key.kid, now=now)

@@ -8,16 +8,19 @@ touched, and signs and stores the receipt of every ``received`` entry in the bat
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import json
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from sqlalchemy import select, text
+from sqlalchemy import bindparam, select, text
 from sqlalchemy.orm import Session
 
 from protocol.heads import TreeHead, sign_head
@@ -27,7 +30,7 @@ from protocol.receipts import Receipt, sign_receipt
 
 from ..faults import crash_point
 from ..storage.db import Database
-from ..storage.models import AuditEntry, AuditHead, AuditTree, InboxMessage
+from ..storage.models import AuditHead, AuditTree, audit_entries_table, inbox_table
 
 if TYPE_CHECKING:
     from ..metrics import NodeMetrics
@@ -45,6 +48,8 @@ class BatchResult:
     entries: int
     receipts: tuple[int, ...]  # inbox seqs whose receipt was stored
     heads: dict[str, int]  # log -> new tree size
+    #: inbox seq -> the receipt signed for it in this batch
+    receipt_jws: dict[int, bytes] = field(default_factory=dict)
 
 
 class IntegratorLock:
@@ -97,24 +102,35 @@ def _load_tree(session: Session, log: str) -> tuple[AuditTree, CompactRange]:
     return row, CompactRange.from_json(json.loads(row.frontier))
 
 
+_e = audit_entries_table.c
+_PENDING = (select(_e.id, _e.log, _e.leaf_hash, _e.event).where(_e.leaf_index.is_(None)).order_by(_e.id)
+            .limit(bindparam("n")))
+_SET_INDEX = audit_entries_table.update().where(_e.id == bindparam("i")).values(leaf_index=bindparam("n"))
+_SET_RECEIPT = inbox_table.update().where(inbox_table.c.seq == bindparam("s")).values(receipt_jws=bindparam("r"))
+
+
 def integrate_batch(
     session: Session, *, authority: str, signer: Signer, now: int, batch_max: int = BATCH_MAX
 ) -> BatchResult:
     """Sequence up to ``batch_max`` pending entries in ``session``'s transaction."""
-    pending = session.scalars(
-        select(AuditEntry).where(AuditEntry.leaf_index.is_(None)).order_by(AuditEntry.id).limit(batch_max)
-    ).all()
+    # columns, not ORM objects, and one bulk UPDATE: this runs for every batch of every message
+    conn = session.connection()
+    pending = conn.execute(_PENDING, {"n": batch_max}).all()
     if not pending:
         return BatchResult(0, (), {})
-    by_log: dict[str, list[AuditEntry]] = {}
+    by_log: dict[str, list[Any]] = {}
     for entry in pending:
         by_log.setdefault(entry.log, []).append(entry)
     heads: dict[str, int] = {}
     receipts: list[int] = []
+    signed: dict[int, bytes] = {}
+    sequenced: list[dict[str, int]] = []
     for log, entries in by_log.items():
         row, cr = _load_tree(session, log)
+        indices: dict[int, int] = {}
         for entry in entries:
-            entry.leaf_index = cr.size
+            indices[entry.id] = cr.size
+            sequenced.append({"i": entry.id, "n": cr.size})
             cr.append(bytes.fromhex(entry.leaf_hash))
         root = cr.root().hex()
         head = TreeHead(iss=authority, log=log, tree_size=cr.size, root=root, at=now)  # type: ignore[arg-type]
@@ -124,22 +140,30 @@ def integrate_batch(
         heads[log] = cr.size
         if log != "exchange":
             continue
-        received = {e.id: e for e in entries if e.event == "received"}
+        received = {e.id: indices[e.id] for e in entries if e.event == "received"}
         if not received:
             continue
-        rows = session.scalars(select(InboxMessage).where(InboxMessage.entry_id.in_(received))).all()
+        # columns, not ORM objects: the rows' envelopes are not needed here
+        i = inbox_table.c
+        rows = conn.execute(
+            select(i.seq, i.entry_id, i.sender, i.message_id, i.envelope_sha256, i.received_at)
+            .where(i.entry_id.in_(list(received)))
+        ).all()
+        updates = []
         for msg in rows:
-            entry = received[msg.entry_id]
-            assert entry.leaf_index is not None
             receipt = Receipt(
                 iss=authority, aud=msg.sender, id=msg.message_id, envelope_sha256=msg.envelope_sha256,
-                received_at=msg.received_at, leaf_index=entry.leaf_index, tree_size=cr.size, root=root,
+                received_at=msg.received_at, leaf_index=received[msg.entry_id], tree_size=cr.size, root=root,
             )
-            msg.receipt_jws = sign_receipt(receipt, signer=signer)
+            signed[msg.seq] = sign_receipt(receipt, signer=signer)
+            updates.append({"s": msg.seq, "r": signed[msg.seq]})
             receipts.append(msg.seq)
+        if updates:
+            conn.execute(_SET_RECEIPT, updates)
+    conn.execute(_SET_INDEX, sequenced)
     session.flush()
     crash_point("integrator_mid_batch")  # tests only: dies before the batch commits
-    return BatchResult(len(pending), tuple(receipts), heads)
+    return BatchResult(len(pending), tuple(receipts), heads, signed)
 
 
 def integrate_until_idle(db: Database, *, authority: str, signer: Signer, now: int) -> int:
@@ -153,13 +177,41 @@ def integrate_until_idle(db: Database, *, authority: str, signer: Signer, now: i
         total += entries
 
 
+T = TypeVar("T")
+Job = Callable[[Session], Any]
+
+
+class StoppedError(Exception):
+    """The node is stopping: the write was not attempted."""
+
+
+class _JobFailedError(Exception):
+    """A job of a shared transaction raised (its cause): the transaction rolls back."""
+
+
+@runtime_checkable
+class AfterCommit(Protocol):
+    """A job's result that wants to see the batch it committed in (e.g. the receipt signed for it)."""
+
+    def after_commit(self, result: BatchResult) -> None: ...
+
+
 class IntegratorLoop:
-    """Runs batches in a thread while pending work exists; ``wake()`` starts the next one at once."""
+    """The process's group-commit writer: small writes submitted by any thread or coroutine run
+    together in one transaction, which ends — when this process holds the integrator lock — with
+    an integrator batch.  One commit (one fsync) then covers many messages stored, settled or
+    claimed, and the receipts of the messages stored are signed before that same commit.
+
+    A batch closes as soon as the previous one has committed and something is pending; it never
+    waits on a timer while work waits.  A job that fails (a lost
+    race, say) fails alone: the batch rolls back and its jobs run again one transaction each.
+    ``wake()`` starts the next batch at once.
+    """
 
     def __init__(
         self, db: Database, *, authority: str, signer: Callable[[], Signer], clock: Callable[[], int],
         on_batch: Callable[[BatchResult], None] | None = None, idle_poll: float = 0.2,
-        metrics: NodeMetrics | None = None,
+        metrics: NodeMetrics | None = None, integrate: bool = True, max_jobs: int = 512,
     ) -> None:
         self._db = db
         self._authority = authority
@@ -168,6 +220,11 @@ class IntegratorLoop:
         self._on_batch = on_batch
         self._idle_poll = idle_poll
         self._metrics = metrics
+        self._max_jobs = max_jobs
+        #: sequence entries and sign receipts in every batch (only the holder of the integrator lock)
+        self.integrate = integrate
+        self._jobs: deque[tuple[Job, Future[Any]]] = deque()
+        self._jobs_lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -176,32 +233,104 @@ class IntegratorLoop:
     def wake(self) -> None:
         self._wake.set()
 
-    def run_once(self) -> BatchResult:
+    def submit(self, job: Callable[[Session], T]) -> Future[T]:
+        """Run ``job(session)`` in the next batch's transaction; the future resolves after the commit."""
+        fut: Future[T] = Future()
+        if self._stop.is_set():
+            fut.set_exception(StoppedError("the node is stopping"))
+            return fut
+        with self._jobs_lock:
+            self._jobs.append((job, fut))
+        self._wake.set()
+        return fut
+
+    async def run(self, job: Callable[[Session], T]) -> T:
+        """``submit`` for coroutines."""
+        return await asyncio.wrap_future(self.submit(job))
+
+    def _take(self) -> list[tuple[Job, Future[Any]]]:
+        with self._jobs_lock:
+            n = min(len(self._jobs), self._max_jobs)
+            return [self._jobs.popleft() for _ in range(n)]
+
+    def run_once(self, jobs: list[tuple[Job, Future[Any]]] | None = None) -> BatchResult:
+        jobs = jobs or []
         started = time.perf_counter()
-        with self._db.write() as session:
-            result = integrate_batch(session, authority=self._authority, signer=self._signer(), now=self._clock())
+        try:
+            try:
+                outcomes, result = self._together(jobs)
+            except _JobFailedError:
+                # one job failed and the transaction rolled back: each job again in a transaction of its
+                # own, so that it fails alone (jobs only write to the database, so running one again is safe)
+                outcomes, result = self._one_by_one(jobs)
+        except BaseException as e:
+            for _job, fut in jobs:
+                fut.set_exception(e if isinstance(e, Exception) else StoppedError(str(e)))
+            raise
         if self._metrics is not None and result.entries:
             self._metrics.observe_batch(result.entries, len(result.receipts), time.perf_counter() - started)
         if self._on_batch is not None and result.entries:
             self._on_batch(result)
+        for (_job, fut), (ok, value) in zip(jobs, outcomes, strict=True):
+            if ok:
+                if isinstance(value, AfterCommit):
+                    value.after_commit(result)
+                fut.set_result(value)
+            else:
+                fut.set_exception(value)
         return result
+
+    def _integrate(self, session: Session) -> BatchResult:
+        if not self.integrate:
+            return BatchResult(0, (), {})
+        return integrate_batch(session, authority=self._authority, signer=self._signer(), now=self._clock())
+
+    def _together(self, jobs: list[tuple[Job, Future[Any]]]) -> tuple[list[tuple[bool, Any]], BatchResult]:
+        outcomes: list[tuple[bool, Any]] = []
+        with self._db.write() as session:
+            for job, _fut in jobs:
+                try:
+                    outcomes.append((True, job(session)))
+                except Exception as e:
+                    raise _JobFailedError from e
+            return outcomes, self._integrate(session)
+
+    def _one_by_one(self, jobs: list[tuple[Job, Future[Any]]]) -> tuple[list[tuple[bool, Any]], BatchResult]:
+        outcomes: list[tuple[bool, Any]] = []
+        for job, _fut in jobs:
+            try:
+                with self._db.write() as session:
+                    outcomes.append((True, job(session)))
+            except Exception as e:
+                outcomes.append((False, e))
+        with self._db.write() as session:
+            return outcomes, self._integrate(session)
 
     def _run(self) -> None:
         while not self._stop.is_set():
             self._wake.clear()
+            jobs = self._take()
             try:
-                result = self.run_once()
+                result = self.run_once(jobs)
                 self.last_error = None
             except Exception as e:  # keep integrating after a transient database error
                 self.last_error = type(e).__name__  # shown on /readyz: never the message (it may quote data)
                 result = BatchResult(0, (), {})
                 self._stop.wait(0.5)
-            if result.entries:
+            if result.entries or jobs or self._jobs:
                 continue  # group commit: the next batch starts as soon as this one committed
             self._wake.wait(self._idle_poll)
+        for _job, fut in self._take_all():
+            fut.set_exception(StoppedError("the node is stopping"))
+
+    def _take_all(self) -> list[tuple[Job, Future[Any]]]:
+        with self._jobs_lock:
+            jobs = list(self._jobs)
+            self._jobs.clear()
+            return jobs
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="comity-integrator", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="comity-writer", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -209,5 +338,3 @@ class IntegratorLoop:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
-
-

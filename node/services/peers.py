@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+import time
 from typing import Any
 
 from sqlalchemy import func, select
@@ -53,15 +53,50 @@ def get_peer(session: Session, authority: str) -> Peer:
     return row
 
 
-def peer_lookup(db: Database) -> Callable[[str], Keyset | None]:
-    """A ``lookup_peer`` for ``open_envelope`` reading the current row of each peer."""
+class PeerKeysets:
+    """A ``lookup_peer`` for ``open_envelope``: the keyset held for each peer, read from the database
+    again once ``ttl`` seconds have passed since the last read (0: every time).
 
-    def lookup(authority: str) -> Keyset | None:
-        with db.read() as session:
+    Hot paths (the inbox, receipts) use a short ``ttl`` so that every message is not a read
+    transaction; a change of keys (rotation, refresh, removal) is seen within ``ttl`` seconds, or at
+    once after ``forget``.
+    """
+
+    def __init__(self, db: Database, *, ttl: float = 0.0) -> None:
+        self._db = db
+        self._ttl = ttl
+        self._lock = threading.Lock()
+        self._held: dict[str, tuple[float, Keyset | None]] = {}
+
+    def cached(self, authority: str) -> tuple[bool, Keyset | None]:
+        """(True, keyset or None) if a read younger than ``ttl`` is held; (False, None) otherwise."""
+        with self._lock:
+            hit = self._held.get(authority)
+        if hit is None or time.monotonic() - hit[0] >= self._ttl:
+            return False, None
+        return True, hit[1]
+
+    def __call__(self, authority: str) -> Keyset | None:
+        fresh, keyset = self.cached(authority)
+        if fresh:
+            return keyset
+        at = time.monotonic()
+        with self._db.read() as session:
             row = session.get(Peer, authority)
-            return None if row is None else peer_keyset(row)
+            keyset = None if row is None else peer_keyset(row)
+        if self._ttl > 0:
+            with self._lock:
+                self._held[authority] = (at, keyset)
+        return keyset
 
-    return lookup
+    def forget(self, authority: str) -> None:
+        with self._lock:
+            self._held.pop(authority, None)
+
+
+def peer_lookup(db: Database, *, ttl: float = 0.0) -> PeerKeysets:
+    """A ``lookup_peer`` reading the current row of each peer (at most ``ttl`` seconds old)."""
+    return PeerKeysets(db, ttl=ttl)
 
 
 def list_peers(session: Session) -> list[Peer]:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from joserfc.jwk import OKPKey
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -27,7 +28,10 @@ from protocol.keysets import Keyset
 from protocol.rejections import SignedError, sign_error
 
 from ..storage.db import Database
-from ..storage.models import InboxMessage, RejectionCount
+
+if TYPE_CHECKING:
+    from .integrator import BatchResult
+from ..storage.models import InboxMessage, RejectionCount, inbox_table
 from .audit import append_entry
 
 
@@ -41,6 +45,19 @@ class Duplicate:
     """The same bytes were accepted before: answer with their receipt (once it exists)."""
 
     sha256: str
+
+
+@dataclass
+class Stored:
+    """An inbound message stored by the node's writer; ``receipt`` is set when the integrator signed it
+    in the same transaction (the writer calls ``after_commit``)."""
+
+    result: Accepted | Duplicate | Rejected
+    receipt: bytes | None = None
+
+    def after_commit(self, batch: BatchResult) -> None:
+        if isinstance(self.result, Accepted):
+            self.receipt = batch.receipt_jws.get(self.result.seq)
 
 
 @dataclass(frozen=True)
@@ -125,37 +142,56 @@ def open_inbound(
     return opened
 
 
+_INSERT_INBOX = inbox_table.insert().returning(inbox_table.c.seq)
+_HELD = select(inbox_table.c.envelope_sha256).where(inbox_table.c.sender == bindparam("sender"),
+                                                   inbox_table.c.message_id == bindparam("message_id"))
+
+
+def store_inbound_in(session: Session, opened: OpenedEnvelope, raw: bytes, *, now: int
+                     ) -> Accepted | Duplicate | Rejected:
+    """Store the message and its ``received`` entry in the caller's transaction; a message id already
+    held is answered as a duplicate (same bytes) or a conflict (other bytes)."""
+    c = opened.content
+    conn = session.connection()
+    held = conn.execute(_HELD, {"sender": c.iss, "message_id": c.id}).scalar()
+    if held is not None:
+        return Duplicate(opened.sha256) if held == opened.sha256 else _conflict(session, opened, now=now)
+    entry = append_entry(session, event="received", at=now, message_id=c.id, peer=c.iss,
+                         envelope_sha256=opened.sha256, details={"kind": c.kind})
+    seq = conn.execute(_INSERT_INBOX, {
+        "sender": c.iss, "message_id": c.id, "envelope_sha256": opened.sha256, "envelope": raw,
+        "inner_jws": opened.inner_jws, "kind": c.kind, "thread": c.thread, "request": c.request,
+        "subject": c.subject, "body": json.dumps(c.body, ensure_ascii=False), "iat": c.iat, "exp": c.exp,
+        "received_at": now, "entry_id": entry.id, "receipt_jws": None,
+    }).scalar_one()
+    return Accepted(seq)
+
+
+def _conflict(session: Session, opened: OpenedEnvelope, *, now: int) -> Rejected:
+    c = opened.content
+    append_entry(session, event="conflict", at=now, message_id=c.id, peer=c.iss,
+                 envelope_sha256=opened.sha256, details={"category": Category.MSG_ID_CONFLICT.value})
+    return Rejected(Category.MSG_ID_CONFLICT, f"message {c.id} from {c.iss} was received with other bytes",
+                    c.iss, opened.sha256)
+
+
 def store_inbound(db: Database, opened: OpenedEnvelope, raw: bytes, *, now: int) -> Accepted | Duplicate | Rejected:
     """Commit the message and its ``received`` entry; a lost race is answered as a duplicate or conflict."""
     c = opened.content
     try:
         with db.write() as session:
-            entry = append_entry(session, event="received", at=now, message_id=c.id, peer=c.iss,
-                                 envelope_sha256=opened.sha256, details={"kind": c.kind})
-            msg = InboxMessage(
-                sender=c.iss, message_id=c.id, envelope_sha256=opened.sha256, envelope=raw,
-                inner_jws=opened.inner_jws, kind=c.kind, thread=c.thread, request=c.request, subject=c.subject,
-                body=json.dumps(c.body, ensure_ascii=False), iat=c.iat, exp=c.exp, received_at=now,
-                entry_id=entry.id,
-            )
-            session.add(msg)
-            session.flush()
-            return Accepted(msg.seq)
-    except IntegrityError:
+            return store_inbound_in(session, opened, raw, now=now)
+    except IntegrityError:  # another process stored it between our check and our insert
         pass
-    with db.read() as session:
+    with db.write() as session:
         held = session.execute(
             select(InboxMessage.envelope_sha256).where(
                 InboxMessage.sender == c.iss, InboxMessage.message_id == c.id
             )
         ).scalar()
-    if held == opened.sha256 or held is None:
-        return Duplicate(opened.sha256)
-    with db.write() as session:
-        append_entry(session, event="conflict", at=now, message_id=c.id, peer=c.iss,
-                     envelope_sha256=opened.sha256, details={"category": Category.MSG_ID_CONFLICT.value})
-    return Rejected(Category.MSG_ID_CONFLICT, f"message {c.id} from {c.iss} was received with other bytes",
-                    c.iss, opened.sha256)
+        if held == opened.sha256 or held is None:
+            return Duplicate(opened.sha256)
+        return _conflict(session, opened, now=now)
 
 
 def sign_rejection(rejected: Rejected, *, authority: str, signer: Signer, now: int) -> bytes:

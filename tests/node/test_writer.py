@@ -1,0 +1,189 @@
+"""The group-commit writer (``IntegratorLoop``): jobs share one transaction ended by an integrator batch,
+a failing job fails alone, results arrive only after the commit, and nothing is accepted once it stops.
+Also the SQLite checkpointer that keeps WAL checkpoints off the commit path."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future
+from pathlib import Path
+
+import pytest
+from joserfc.jwk import OKPKey
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from node.services.audit import append_entry
+from node.services.integrator import BatchResult, IntegratorLoop, StoppedError
+from node.storage.db import Checkpointer, Database
+from node.storage.migrate import upgrade_url
+from node.storage.models import AuditEntry, AuditHead
+from protocol.jose import LocalSigner
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    upgrade_url(database_url)
+    database = Database(database_url)
+    yield database
+    database.dispose()
+
+
+def _loop(db: Database, **kw: object) -> IntegratorLoop:
+    signer = LocalSigner(OKPKey.generate_key("Ed25519"))
+    return IntegratorLoop(db, authority="GB-UKCA", signer=lambda: signer, clock=lambda: 1_800_000_000,
+                          **kw)  # type: ignore[arg-type]
+
+
+def _entry(event: str) -> object:
+    return lambda session: append_entry(session, event=event, at=1_800_000_000, peer="FR-DACG").id
+
+
+def _count(db: Database, model: type) -> int:
+    with db.read() as session:
+        return int(session.execute(select(func.count()).select_from(model)).scalar_one())
+
+
+def test_jobs_share_one_transaction_and_its_integrator_batch(db: Database) -> None:
+    batches: list[BatchResult] = []
+    loop = _loop(db, on_batch=batches.append)
+    jobs = [(_entry(f"e{i}"), Future()) for i in range(5)]
+    result = loop.run_once(jobs)  # type: ignore[arg-type]
+    assert result.entries == 5 and len(batches) == 1
+    assert _count(db, AuditHead) == 1  # one signed head for the five entries: one batch, one commit
+    ids = [fut.result(timeout=0) for _job, fut in jobs]
+    assert ids == sorted(ids) and len(set(ids)) == 5
+    with db.read() as session:
+        indices = list(session.scalars(select(AuditEntry.leaf_index).order_by(AuditEntry.id)))
+    assert indices == [0, 1, 2, 3, 4]
+
+
+def test_a_failing_job_fails_alone(db: Database) -> None:
+    def boom(session: Session) -> None:
+        append_entry(session, event="doomed", at=1, peer="FR-DACG")
+        raise ValueError("this job fails")
+
+    loop = _loop(db)
+    jobs: list[tuple[object, Future[object]]] = [(_entry("first"), Future()), (boom, Future()),
+                                                 (_entry("third"), Future())]
+    loop.run_once(jobs)  # type: ignore[arg-type]
+    assert isinstance(jobs[0][1].result(timeout=0), int)
+    assert isinstance(jobs[2][1].result(timeout=0), int)
+    with pytest.raises(ValueError, match="this job fails"):
+        jobs[1][1].result(timeout=0)
+    with db.read() as session:
+        events = list(session.scalars(select(AuditEntry.event).order_by(AuditEntry.id)))
+    assert events == ["first", "third"]  # the failed job's own write was rolled back with it
+
+
+def test_results_arrive_only_after_the_commit(db: Database) -> None:
+    seen: list[int] = []
+
+    def job(session: Session) -> int:
+        return append_entry(session, event="x", at=1, peer="FR-DACG").id
+
+    loop = _loop(db)
+    loop.start()
+    try:
+        fut = loop.submit(job)
+        entry_id = fut.result(timeout=10)
+        # a fresh transaction sees the entry, sequenced: the future resolved after the commit
+        with db.read() as session:
+            row = session.get(AuditEntry, entry_id)
+            assert row is not None and row.leaf_index is not None
+            seen.append(row.leaf_index)
+    finally:
+        loop.stop()
+    assert seen == [0]
+
+
+def test_coroutines_await_the_writer(db: Database) -> None:
+    loop = _loop(db)
+    loop.start()
+    try:
+        async def many() -> list[int]:
+            return list(await asyncio.gather(*(loop.run(_entry(f"c{i}")) for i in range(20))))  # type: ignore[arg-type]
+
+        ids = asyncio.run(many())
+    finally:
+        loop.stop()
+    assert len(set(ids)) == 20
+    assert _count(db, AuditEntry) == 20
+    assert _count(db, AuditHead) <= 20  # grouped: usually far fewer heads than entries
+
+
+def test_no_job_is_taken_once_stopped(db: Database) -> None:
+    loop = _loop(db)
+    loop.start()
+    loop.stop()
+    fut = loop.submit(_entry("late"))  # type: ignore[arg-type]
+    with pytest.raises(StoppedError):
+        fut.result(timeout=1)
+    assert _count(db, AuditEntry) == 0
+
+
+def test_a_writer_that_does_not_integrate_leaves_entries_for_the_integrator(db: Database) -> None:
+    loop = _loop(db, integrate=False)
+    jobs = [(_entry("x"), Future())]
+    result = loop.run_once(jobs)  # type: ignore[arg-type]
+    assert result.entries == 0 and _count(db, AuditHead) == 0
+    with db.read() as session:
+        assert session.execute(select(AuditEntry.leaf_index)).scalar_one() is None
+    loop.integrate = True
+    assert loop.run_once().entries == 1
+
+
+def test_the_checkpointer_keeps_checkpoints_off_the_commit_path(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'comity.db'}"
+    upgrade_url(url)
+    db = Database(url, autocheckpoint=False)
+    try:
+        with db.write() as session:
+            assert session.execute(text("PRAGMA wal_autocheckpoint")).scalar_one() == 0
+        for i in range(300):  # past SQLite's automatic threshold of 1,000 pages
+            with db.write() as session:
+                append_entry(session, event="x", at=i, peer="FR-DACG", details={"reason": "y" * 3000})
+        wal = tmp_path / "comity.db-wal"
+        assert wal.stat().st_size > 1000 * 4096  # nothing copied it back: commits only appended
+        checkpointer = Checkpointer(db, interval=0.05)
+        checkpointer.start()
+        time.sleep(0.5)
+        checkpointer.stop()
+        assert checkpointer.last_error is None
+        raw = sqlite3.connect(tmp_path / "comity.db")
+        busy, frames, copied = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        raw.close()
+        assert busy == 0 and frames == copied  # every frame is in the database file
+    finally:
+        db.dispose()
+
+
+def test_threads_of_one_process_queue_for_sqlite_writes(tmp_path: Path) -> None:
+    """Many threads writing at once: no 'database is locked', every write lands."""
+    url = f"sqlite:///{tmp_path / 'comity.db'}"
+    upgrade_url(url)
+    db = Database(url)
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(20):
+                with db.write() as session:
+                    append_entry(session, event=f"t{n}", at=i, peer="FR-DACG")
+        except BaseException as e:  # collected for the assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert errors == []
+        assert _count(db, AuditEntry) == 160
+    finally:
+        db.dispose()
