@@ -11,7 +11,9 @@ PostgreSQL a server at ``$COMITY_TEST_PG_URL``).  In one run:
    worker's first claim to the last stored receipt; then the latency of single messages sent one at
    a time through A's local API (POST, until A has stored the receipt).
 
-Prints a Markdown table.  ``--profile`` runs py-spy on both nodes during the bulk phase.
+Prints a Markdown table (with each node's CPU milliseconds per message: below 1,000 / rate, a node
+waited rather than worked).  ``--profile [wall|gil]`` runs py-spy on both nodes during the bulk phase;
+``--concurrency`` sets the sender's ``worker_concurrency``.
 """
 
 from __future__ import annotations
@@ -207,12 +209,14 @@ class NodeProc:
             self.proc.wait(timeout=30)
 
 
-def make_pair(work: Path, backend: str) -> tuple[NodeProc, NodeProc, list[str]]:
+def make_pair(work: Path, backend: str, concurrency: int | None = None) -> tuple[NodeProc, NodeProc, list[str]]:
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
     base = {k: v for k, v in os.environ.items() if not k.startswith("COMITY_")}
     base.update(PYTHONPATH=str(REPO), COMITY_LOG_FORMAT="json")
+    if concurrency is not None:
+        base["COMITY_WORKER_CONCURRENCY"] = str(concurrency)
     nodes, dbs = [], []
     for authority in ("GB-UKCA", "FR-DACG"):
         env = dict(base)
@@ -275,15 +279,17 @@ def queue_bulk(node: NodeProc, to: str, count: int) -> None:
 
 
 def counts(db: object) -> tuple[int, int]:
-    """(messages ever attempted, messages delivered) at the sender."""
+    """(messages ever attempted, messages delivered) at the sender: index-only counts, so that
+    polling does not load the machine it measures."""
     from sqlalchemy import func, select
 
     from node.storage.models import OutboxMessage
 
     with db.read() as session:  # type: ignore[attr-defined]
-        attempted = session.execute(select(func.count()).where(OutboxMessage.attempts > 0)).scalar_one()
-        delivered = session.execute(select(func.count()).where(OutboxMessage.state == "delivered")).scalar_one()
-    return attempted, delivered
+        by_state = dict(session.execute(select(OutboxMessage.state, func.count())
+                                        .group_by(OutboxMessage.state)).all())
+    delivered = by_state.get("delivered", 0)
+    return delivered + by_state.get("sending", 0) + by_state.get("failed", 0), delivered
 
 
 @dataclass
@@ -293,14 +299,24 @@ class Exchange:
     rate: float
     p50_ms: float
     p99_ms: float
+    sender_cpu_ms: float  # CPU milliseconds per message delivered (the sender, A)
+    receiver_cpu_ms: float  # (the receiver, B)
 
 
-def run_exchange(work: Path, backend: str, n: int, singles: int, profile: bool) -> Exchange:
+def cpu_seconds(proc: subprocess.Popen[bytes] | None) -> float:
+    """User + system CPU seconds of a running process so far (Linux /proc)."""
+    assert proc is not None
+    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_exchange(work: Path, backend: str, n: int, singles: int, profile: str | None,
+                 concurrency: int | None = None) -> Exchange:
     import httpx
 
     from node.storage.db import Database
 
-    a, b, dbs = make_pair(work, backend)
+    a, b, dbs = make_pair(work, backend, concurrency)
     try:
         queue_bulk(a, b.authority, n)
         b.start(cpu=0)
@@ -312,7 +328,8 @@ def run_exchange(work: Path, backend: str, n: int, singles: int, profile: bool) 
                 spies.append(subprocess.Popen(
                     [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(node.proc.pid), "--format",
                      "raw", "--output", str(work / f"{backend}-{node.authority}.txt"), "--duration", "20",
-                     "--rate", "200", "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                     "--rate", "200", "--nonblocking", "--threads", *(["--gil"] if profile == "gil" else [])],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         db = Database(db_url(a))
         first = last = None
         deadline = time.monotonic() + 600
@@ -324,9 +341,11 @@ def run_exchange(work: Path, backend: str, n: int, singles: int, profile: bool) 
             if delivered >= n:
                 last = t
                 break
-            time.sleep(0.01)
+            time.sleep(0.005)
         assert first is not None and last is not None, "the bulk delivery did not finish"
         rate = n / (last - first)
+        # CPU per message, each side (start-up included: an upper bound)
+        cpu_a, cpu_b = cpu_seconds(a.proc) * 1000 / n, cpu_seconds(b.proc) * 1000 / n
         for spy in spies:
             spy.wait()
         # single messages through the local API, one at a time: POST until the receipt is stored
@@ -353,7 +372,7 @@ def run_exchange(work: Path, backend: str, n: int, singles: int, profile: bool) 
                 latencies.append((time.perf_counter() - started) * 1000)
         db.dispose()
         q = statistics.quantiles(latencies, n=100)
-        return Exchange(backend, n, rate, q[49], q[98])
+        return Exchange(backend, n, rate, q[49], q[98], cpu_a, cpu_b)
     finally:
         a.stop()
         b.stop()
@@ -368,7 +387,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="wrk seconds")
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--clients", action="store_true", help="also compare outbound HTTP clients")
-    parser.add_argument("--profile", action="store_true", help="py-spy both nodes during the bulk run")
+    parser.add_argument("--profile", nargs="?", const="wall", choices=("wall", "gil"),
+                        help="py-spy both nodes during the bulk run (gil: only samples holding the GIL)")
+    parser.add_argument("--concurrency", type=int, help="the sender's worker_concurrency (default: the node's)")
     parser.add_argument("--client-run", nargs=3, metavar=("KIND", "CONCURRENCY", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client_run:
@@ -384,15 +405,16 @@ def main() -> None:
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
-    results = [run_exchange(work, backend, args.n, args.singles, args.profile)
+    results = [run_exchange(work, backend, args.n, args.singles, args.profile, args.concurrency)
                for backend in args.backends.split(",")]
     print(f"\nbaseline (bare FastAPI, 2 KiB pydantic POST, wrk -t1 -c32): {base.rps:.0f} req/s, "
           f"p50 {base.p50_ms:.2f} ms, p99 {base.p99_ms:.2f} ms\n")
-    print("| database | N | delivered+receipted msg/s | x baseline | p50 ms | p99 ms | baseline p50/p50 |")
-    print("|---|---|---|---|---|---|---|")
+    print("| database | N | delivered+receipted msg/s | x baseline | p50 ms | p99 ms | baseline p50/p50 "
+          "| CPU ms/msg A | CPU ms/msg B |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r.backend} | {r.n} | {r.rate:.0f} | {r.rate / base.rps:.3f}x | {r.p50_ms:.1f} | {r.p99_ms:.1f} "
-              f"| {base.p50_ms / r.p50_ms:.3f}x |")
+              f"| {base.p50_ms / r.p50_ms:.3f}x | {r.sender_cpu_ms:.2f} | {r.receiver_cpu_ms:.2f} |")
     if clients:
         print("\n| client | concurrency | req/s |\n|---|---|---|")
         for kind, concurrency, rate in clients:
