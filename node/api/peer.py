@@ -112,9 +112,10 @@ def build_peer_router(node: Node) -> APIRouter:
         writer = node.writer
         if writer is not None:
             try:
-                return await writer.run(lambda session: Stored(store_inbound_in(session, opened, raw, now=now)))
+                return await writer.run(
+                    lambda session: Stored(store_inbound_in(session, opened, raw, now=now, check_held=False)))
             except IntegrityError:
-                pass  # another process of this node stored the same message meanwhile: decide afresh
+                pass  # the message id is held already (a retry, or a conflict): decide with a look-up
         return Stored(await asyncio.to_thread(store_inbound, node.db, opened, raw, now=now))
 
     async def held_answer(sha: str) -> Response | None:

@@ -147,13 +147,15 @@ _HELD = select(inbox_table.c.envelope_sha256).where(inbox_table.c.sender == bind
                                                    inbox_table.c.message_id == bindparam("message_id"))
 
 
-def store_inbound_in(session: Session, opened: OpenedEnvelope, raw: bytes, *, now: int
+def store_inbound_in(session: Session, opened: OpenedEnvelope, raw: bytes, *, now: int, check_held: bool = True
                      ) -> Accepted | Duplicate | Rejected:
     """Store the message and its ``received`` entry in the caller's transaction; a message id already
-    held is answered as a duplicate (same bytes) or a conflict (other bytes)."""
+    held is answered as a duplicate (same bytes) or a conflict (other bytes).  ``check_held=False``
+    skips the look-up (the writer's fast path): a held id then raises ``IntegrityError`` from the
+    unique constraints, and the caller decides with ``store_inbound``."""
     c = opened.content
     conn = session.connection()
-    held = conn.execute(_HELD, {"sender": c.iss, "message_id": c.id}).scalar()
+    held = conn.execute(_HELD, {"sender": c.iss, "message_id": c.id}).scalar() if check_held else None
     if held is not None:
         return Duplicate(opened.sha256) if held == opened.sha256 else _conflict(session, opened, now=now)
     entry = append_entry(session, event="received", at=now, message_id=c.id, peer=c.iss,
