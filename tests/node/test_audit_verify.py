@@ -29,8 +29,31 @@ from tests.node.audit_world import Side, exchange, two_sides
 TARGET = 3
 
 
+@pytest.fixture(params=["one_process", "workers"])
+def path(request: pytest.FixtureRequest, backend: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """Verify in one process, or through the worker processes of ``verify_parallel`` — which large
+    SQLite logs take — forced here on a small log, in chunks of 2 entries (on PostgreSQL the workers
+    must stay unused).  Yields the number of times the workers returned subtree roots."""
+    import node.services.verify_parallel as vp
+
+    used = [0]
+    if request.param == "workers":
+        original = vp.chunk_roots
+
+        def counting(*args: Any, **kw: Any) -> Any:
+            roots = original(*args, **kw)
+            used[0] += roots is not None
+            return roots
+
+        monkeypatch.setattr(vp, "MIN_ENTRIES", 1)
+        monkeypatch.setattr(vp, "chunk_size", lambda n, workers: 2)
+        monkeypatch.setattr("node.services.verify.usable_cores", lambda: 2)
+        monkeypatch.setattr(vp, "chunk_roots", counting)
+    yield used
+
+
 @pytest.fixture
-def world(tmp_path: Path, backend: str) -> Iterator[tuple[Side, Side]]:
+def world(tmp_path: Path, backend: str, path: list[int]) -> Iterator[tuple[Side, Side]]:
     with two_sides(tmp_path, backend) as (a, b):
         a.integrate()
         b.integrate()
@@ -136,10 +159,16 @@ CASES: dict[str, tuple[Callable[[Side, str], None], str]] = {
 }
 
 
-def test_an_untouched_node_verifies(world: tuple[Side, Side], capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_untouched_node_verifies(world: tuple[Side, Side], capsys: pytest.CaptureFixture[str],
+                                    path: list[int], request: pytest.FixtureRequest) -> None:
     _, b = world
     code, reports = verify(b, capsys)
     assert code == 0, reports
+    if "workers" in request.node.callspec.id:
+        if "sqlite" in request.node.callspec.id:
+            assert path[0] >= 2, "both logs were checked by the worker processes"
+        else:
+            assert path[0] == 0, "a PostgreSQL log is checked in one process"
     assert {r["log"] for r in reports} == {"exchange", "access"}
     assert all(r["ok"] and r["held_checked"] == 1 for r in reports)
     code, only = verify(b, capsys, "--log", "access")
