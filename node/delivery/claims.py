@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from sqlalchemy import and_, bindparam, exists, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from ..services.audit import append_entry, sha256_hex
@@ -72,9 +72,9 @@ def _due_query(state: str, now: int, limit: int, skip_locked: bool) -> object:
             OutboxMessage.state == state,
             OutboxMessage.next_attempt_at <= now,
             Peer.next_attempt_at <= now,
-            # a queued message holds no lease (every way back to ``queued`` drops it); a message in
-            # ``sending`` always holds one: due once it lapsed.  (No OR here: it would cost the index.)
-            OutboxMessage.lease_until.is_(None) if state == "queued" else OutboxMessage.lease_until < now,
+            # no lease, or a lapsed one; one expression, not an OR (which PostgreSQL turned into a
+            # bitmap scan and a sort of every queued row instead of walking the index in order)
+            func.coalesce(OutboxMessage.lease_until, 0) < now,
             ~exists().where(and_(earlier.conversation == OutboxMessage.conversation,
                                  earlier.seq < OutboxMessage.seq, earlier.state.in_(ACTIVE))),
         )
