@@ -10,13 +10,16 @@ file generated in a temporary folder).  Not run in CI.  Reports, in one run:
    queued to a verified receipt, next to bare joserfc ``decrypt_compact`` + SHA-256 of the same
    chunks (what the receiver must at least do);
 3. the peak memory growth (VmHWM after the transfer minus VmRSS before it, peak reset through
-   ``/proc/<pid>/clear_refs``) of the sender's and the receiver's node processes.
+   ``/proc/<pid>/clear_refs``) of the sender's and the receiver's node processes;
+4. the CPU seconds each node process spent during the transfer, next to the bare decryption's:
+   less sensitive than rates to other work on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import hashlib
 import os
 import subprocess
@@ -77,16 +80,25 @@ def stream_encrypt_hash(path: Path, key: bytes) -> float:
     return rate(size, time.perf_counter() - start)
 
 
-def bare_decrypt_hash(folder: Path, key: bytes, chunks: int, size: int) -> float:
-    """Bare joserfc decrypt_compact + SHA-256 over sealed chunk files."""
+def bare_decrypt_hash(folder: Path, key: bytes, chunks: int, size: int) -> tuple[float, float]:
+    """Bare joserfc decrypt_compact + SHA-256 of the received chunks: MiB/s, and CPU seconds.
+
+    Only the decryption and the hash are timed, not reading the chunk files (the receiver keeps
+    them out of its page cache, so reading them back here would be disk time).
+    """
     okey = oct_key(key)
     digest = hashlib.sha256()
-    start = time.perf_counter()
+    seconds = cpu = 0.0
     for seq in range(chunks):
         token = (folder / "0" / f"{seq}.jwe").read_bytes()
+        start, cpu_start = time.perf_counter(), time.process_time()
         plaintext = jwe.decrypt_compact(token, okey, registry=CHUNK_JWE_REGISTRY).plaintext
         digest.update(plaintext or b"")
-    return rate(size, time.perf_counter() - start)
+        seconds += time.perf_counter() - start
+        cpu += time.process_time() - cpu_start
+        del plaintext
+        gc.collect(1)  # joserfc's reference cycle (see protocol.chunks), outside the timing
+    return rate(size, seconds), cpu
 
 
 def raw_rates() -> tuple[float, float]:
@@ -113,6 +125,12 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def reset_peak(pid: int) -> int:
     """Reset the process's peak RSS (Linux: clear_refs 5); its current RSS."""
     Path(f"/proc/{pid}/clear_refs").write_text("5")
@@ -128,18 +146,21 @@ def transfer(work: Path, src: Path) -> dict[str, float]:
         start = time.perf_counter()
         mid, send_cli_rss = _send(a, src)
         queued = time.perf_counter()
+        cpu_a, cpu_b = cpu_seconds(a.proc.pid), cpu_seconds(b.proc.pid)
         a.wait_for([mid], timeout=3600)
         delivered = time.perf_counter()
+        cpu_a, cpu_b = cpu_seconds(a.proc.pid) - cpu_a, cpu_seconds(b.proc.pid) - cpu_b
         peak_a, peak_b = proc_status(a.proc.pid)["VmHWM"], proc_status(b.proc.pid)["VmHWM"]
         status = a.status(mid)
         assert status["state"] == "delivered" and status["attachments"]["chunks_acknowledged"] == status[
             "attachments"]["chunks_total"]
         folder = b.home / "blobs" / "in" / "GB-UKCA" / mid
         key = _sent_key(a, mid)
-        bare = bare_decrypt_hash(folder, key, status["attachments"]["chunks_total"], size)
+        bare, bare_cpu = bare_decrypt_hash(folder, key, status["attachments"]["chunks_total"], size)
     return {"send_cli": rate(size, queued - start), "transfer": rate(size, delivered - queued), "bare_decrypt": bare,
             "sender_growth": (peak_a - base_a) / MiB, "receiver_growth": (peak_b - base_b) / MiB,
-            "send_cli_max_rss": send_cli_rss / MiB}
+            "send_cli_max_rss": send_cli_rss / MiB, "sender_cpu": cpu_a, "receiver_cpu": cpu_b,
+            "bare_cpu": bare_cpu}
 
 
 def _send(node: NodeHandle, src: Path) -> tuple[str, int]:
@@ -215,6 +236,8 @@ def main() -> None:
     print(f"peak memory growth during the transfer: sender node {t['sender_growth']:.1f} MiB, "
           f"receiver node {t['receiver_growth']:.1f} MiB (limit 64 MiB); "
           f"comity send (sealing {args.mib} MiB) peak RSS {t['send_cli_max_rss']:.0f} MiB in all")
+    print(f"CPU seconds during the transfer: sender node {t['sender_cpu']:.2f}, receiver node "
+          f"{t['receiver_cpu']:.2f}; bare decrypt_compact + SHA-256 of the same chunks {t['bare_cpu']:.2f}")
 
 
 if __name__ == "__main__":

@@ -117,11 +117,13 @@ def verify_digest(digest: StreamDigest, *, size: int, sha256: str) -> None:
 
 
 class RunningDigest:
-    """Hashes an attachment's chunks as they arrive, as long as they arrive in order.
+    """Hashes an attachment's chunks as they arrive, in order.
 
-    ``feed(seq, plaintext)`` takes the plaintext of a verified chunk just stored; a chunk out of
-    order stops the running digest for good (``result()`` then stays None and the caller
-    streams the stored chunks instead).
+    ``feed(seq, plaintext)`` takes the plaintext of a verified chunk just stored if it is the next
+    one (``expected``); ``hold(seq, plaintext)`` keeps the plaintext of one that came ahead of it
+    (its predecessor still in flight), hashed as soon as its turn comes — the caller bounds how
+    many are held.  A chunk fed out of order stops the running digest for good (``result()`` then
+    stays None and the caller streams the stored chunks instead).
     """
 
     def __init__(self, chunks: int) -> None:
@@ -130,16 +132,35 @@ class RunningDigest:
         self._size = 0
         self._hash = hashlib.sha256()
         self._broken = False
+        self._ahead: dict[int, bytes] = {}
 
     @property
     def expected(self) -> int:
         """The sequence number the digest can take next."""
         return self._next
 
+    @property
+    def held(self) -> int:
+        """How many chunks' plaintexts are held, waiting for their turn."""
+        return len(self._ahead)
+
+    def hold(self, seq: int, plaintext: bytes) -> bool:
+        """Keep the plaintext of chunk ``seq``, ahead of ``expected``, until its turn; False if it cannot be."""
+        if self._broken or not self._next < seq < self.chunks or seq in self._ahead:
+            return False
+        self._ahead[seq] = plaintext
+        return True
+
     def feed(self, seq: int, plaintext: bytes) -> None:
         if self._broken or seq != self._next:
             self._broken = True
+            self._ahead.clear()
             return
+        self._take(plaintext)
+        while (early := self._ahead.pop(self._next, None)) is not None:
+            self._take(early)
+
+    def _take(self, plaintext: bytes) -> None:
         self._hash.update(plaintext)
         self._size += len(plaintext)
         self._next += 1

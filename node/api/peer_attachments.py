@@ -25,7 +25,7 @@ from protocol.streams import chunk_plaintext_length, chunk_token_bound
 from ..runtime import Node
 from ..services.attachments import InboundAttachments, Pending
 from ..services.receiving import Accepted, Duplicate, Rejected, record_rejection, rejected_from
-from ..storage.blobs import BlobStore
+from ..storage.blobs import BlobStore, tune_allocator
 from ..storage.models import InboxMessage
 
 log = structlog.get_logger("comity.attachments")
@@ -56,6 +56,7 @@ class AttachmentRoutes:
         self.await_receipt = await_receipt
         self.duplicate_answer = duplicate_answer
         self.chunk_delay = s.chunk_delay if s.testing else 0.0
+        tune_allocator()  # chunk-sized buffers kept for reuse: see there
 
     async def pending_answer(self, sha: str) -> Response | None:
         """SPEC §5 step 2 for pending bytes: the 202 pending state again, or None if not pending."""
@@ -88,6 +89,12 @@ class AttachmentRoutes:
             return None
         return await asyncio.to_thread(self.inbound.pending_by_id, message_id)
 
+    async def _pending_for_chunk(self, message_id: str) -> Pending | None:
+        """``_pending``, answered from memory while a transfer runs (no thread, no database per chunk)."""
+        if not is_message_id(message_id):
+            return None
+        return self.inbound.cached_pending(message_id) or await self._pending(message_id)
+
     def _unknown(self, message_id: str) -> Response:
         return self.refusal(Category.UNKNOWN_MESSAGE, aud=None, sha=None,
                             detail=f"no pending message {message_id[:32]}")
@@ -99,7 +106,7 @@ class AttachmentRoutes:
         length = request.headers.get("content-length")
         if length is None or not length.isdigit():
             return self.refusal(Category.LENGTH_REQUIRED, aud=None, sha=None, detail="Content-Length is required")
-        pending = await self._pending(message_id)
+        pending = await self._pending_for_chunk(message_id)
         if pending is None:
             return self._unknown(message_id)
         if not (_DECIMAL.fullmatch(att_text) and _DECIMAL.fullmatch(seq_text)):

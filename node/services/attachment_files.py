@@ -185,7 +185,6 @@ def export_attachment(blobs: BlobStore, storage_key: bytes, row: InboxAttachment
         with tmp.open("wb") as f:
             def emit(plaintext: bytes) -> None:
                 f.write(plaintext)
-                release_chunk_garbage()
                 if progress is not None:
                     progress(len(plaintext))
             try:

@@ -6,15 +6,18 @@ kept, as received; the commit checks that every chunk is held and that each atta
 plaintext size and SHA-256 match the manifest, then commits the message and its ``received``
 entry in one transaction — the integrator then signs the one receipt.
 
-Chunks that arrive in order are hashed as they are verified (``RunningDigest``), so a commit
-in the same process need not decrypt them again; otherwise the commit streams the stored
-chunks through ``open_stream``, one at a time.
+Chunks are hashed as they are verified (``RunningDigest``): in order, a chunk that overtook its
+predecessor (two travel at once) held until its turn, so a commit in the same process need not
+decrypt them again; otherwise the commit streams the stored chunks through ``open_stream``, one
+at a time.  A chunk is on disk and fsynced before its PUT is acknowledged.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +42,14 @@ log = structlog.get_logger("comity.attachments")
 
 #: Running digests kept per process; beyond this the oldest are dropped (their commit streams instead).
 MAX_RUNNING = 4096
+#: Plaintexts of chunks that overtook their predecessor, held for the running digests of the whole
+#: process (1 MiB each); one that finds no room is read back from its file when its turn comes.
+MAX_HELD = 8
+#: Seconds a pending message looked up by the chunk endpoint is answered from memory (it asks for
+#: every chunk; what it needs of the message never changes, and this process forgets the message
+#: as soon as it commits, refuses or expires it here).
+PENDING_TTL = 2.0
+MAX_CACHED = 1024
 
 
 @dataclass(frozen=True)
@@ -73,9 +84,10 @@ class InboundAttachments:
         self.disk_reserve = disk_reserve
         self._lock = threading.Lock()
         self._running: dict[tuple[str, int], RunningDigest] = {}
-        #: one chunk decrypted at a time, its garbage collected before the next: JOSE objects of a
-        #: chunk still being opened in another thread would otherwise be promoted to an old generation
-        self._crypto = threading.Lock()
+        self._held = 0  # plaintexts held by all running digests
+        #: the chunk endpoint's lookups, under a lock of their own (the event loop takes it)
+        self._cache: OrderedDict[str, tuple[float, Pending]] = OrderedDict()
+        self._cache_lock = threading.Lock()
 
     # --- lookups -------------------------------------------------------------------------------------
 
@@ -97,7 +109,26 @@ class InboundAttachments:
         return self._load(InboxPending.envelope_sha256 == sha256)
 
     def pending_by_id(self, message_id: str) -> Pending | None:
-        return self._load(InboxPending.message_id == message_id)
+        """The pending message from the database (and remembered for ``cached_pending``)."""
+        pending = self._load(InboxPending.message_id == message_id)
+        if pending is not None:
+            with self._cache_lock:
+                self._cache[message_id] = (time.monotonic() + PENDING_TTL, pending)
+                self._cache.move_to_end(message_id)
+                while len(self._cache) > MAX_CACHED:
+                    self._cache.popitem(last=False)
+        return pending
+
+    def cached_pending(self, message_id: str) -> Pending | None:
+        """A pending message looked up by ``pending_by_id`` less than ``PENDING_TTL`` seconds ago; no I/O."""
+        with self._cache_lock:
+            hit = self._cache.get(message_id)
+            if hit is None:
+                return None
+            if hit[0] < time.monotonic():
+                del self._cache[message_id]
+                return None
+            return hit[1]
 
     def state(self, pending: Pending) -> dict[str, Any]:
         """The pending state of SPEC §10.1: the chunks held, per attachment."""
@@ -170,17 +201,24 @@ class InboundAttachments:
             raise ChunkError(Category.INSUFFICIENT_STORAGE, "the free-disk reserve is reached")
         key = unwrap_content_key(self._storage_key, entry.wrapped_key)
         plaintext = self._open(token, key=key, att=att, seq=seq, chunks=entry.chunks)
-        stored = self.blobs.write_chunk(pending.folder, att, seq, token, durable=False, replace=False)
+        # durable before it is acknowledged (or listed as held): fsynced under its temporary name;
+        # then out of the page cache (read again only by an export, or a commit that must stream)
+        stored = self.blobs.write_chunk(pending.folder, att, seq, token, durable=True, replace=False,
+                                        cached=False)
         if stored:
             self._feed(pending, entry, seq, plaintext, key)
         return stored
 
-    def _open(self, token: bytes, *, key: bytes, att: int, seq: int, chunks: int) -> bytes:
-        with self._crypto:
-            try:
-                return open_chunk(token, key=key, att=att, seq=seq, chunks=chunks)
-            finally:
-                release_chunk_garbage()
+    @staticmethod
+    def _open(token: bytes, *, key: bytes, att: int, seq: int, chunks: int) -> bytes:
+        try:
+            return open_chunk(token, key=key, att=att, seq=seq, chunks=chunks)
+        except ChunkError as e:
+            category, detail = e.category, e.detail
+        # A chunk that opens leaves no garbage behind (protocol.chunks breaks joserfc's cycle); one
+        # that fails may, held by the failed decryption's frames: collect it once they are gone.
+        release_chunk_garbage()
+        raise ChunkError(category, detail)
 
     @staticmethod
     def _attachment(pending: Pending, att: int) -> PendingAttachment:
@@ -189,26 +227,37 @@ class InboundAttachments:
         return pending.attachments[att]
 
     def _feed(self, pending: Pending, entry: PendingAttachment, seq: int, plaintext: bytes, key: bytes) -> None:
-        """Hash a chunk just stored if it is the next one; then any stored after it that were early."""
+        """Hash a chunk just stored if it is the next one, or hold it until it is; then read back
+        any stored after it that could not be held."""
         slot = (pending.envelope_sha256, entry.att)
         with self._lock:
             running = self._running.get(slot)
             if running is None:
-                if seq != 0:
+                # a digest starts with chunk 0, or with a chunk that overtook it in a fresh
+                # transfer; if chunk 0 was stored earlier (by another process) the commit streams
+                if seq != 0 and self.blobs.chunk_path(pending.folder, entry.att, 0).exists():
                     return
                 if len(self._running) >= MAX_RUNNING:
-                    self._running.pop(next(iter(self._running)))
+                    self._held -= self._running.pop(next(iter(self._running))).held
                 running = self._running[slot] = RunningDigest(entry.chunks)
             if seq != running.expected:
-                return  # early (its predecessor is still in flight) or late: caught up below, or streamed
+                # ahead of its predecessor (still in flight): held if there is room, else read
+                # back below once its turn comes; late (stored meanwhile by another request): skipped
+                if seq > running.expected and self._held < MAX_HELD and running.hold(seq, plaintext):
+                    self._held += 1
+                return
+            before = running.held
             running.feed(seq, plaintext)
+            self._held -= before - running.held
             while running.expected < entry.chunks:
                 nxt = running.expected
                 path = self.blobs.chunk_path(pending.folder, entry.att, nxt)
                 if not path.exists():
                     break
                 token = self.blobs.read_chunk(pending.folder, entry.att, nxt)
+                before = running.held
                 running.feed(nxt, self._open(token, key=key, att=entry.att, seq=nxt, chunks=entry.chunks))
+                self._held -= before - running.held
 
     # --- commit --------------------------------------------------------------------------------------
 
@@ -267,8 +316,7 @@ class InboundAttachments:
         log.info("commit_streams_chunks", message_id=pending.message_id, att=a.att, chunks=a.chunks)
         key = unwrap_content_key(self._storage_key, a.wrapped_key)
         try:
-            return open_stream(tokens(), key=key, att=a.att, chunks=a.chunks,
-                               emit=lambda _plaintext: release_chunk_garbage())
+            return open_stream(tokens(), key=key, att=a.att, chunks=a.chunks)
         except ChunkError as e:
             if e.category == Category.BAD_CHUNK and current[0] >= 0:
                 # damaged at rest: drop it so that the sender sends it again
@@ -296,9 +344,16 @@ class InboundAttachments:
                                                       InboxAttachment.message_id == message_id))
 
     def _forget(self, pending: Pending) -> None:
+        self._uncache(pending.message_id)
         with self._lock:
             for a in pending.attachments:
-                self._running.pop((pending.envelope_sha256, a.att), None)
+                running = self._running.pop((pending.envelope_sha256, a.att), None)
+                if running is not None:
+                    self._held -= running.held
+
+    def _uncache(self, message_id: str) -> None:
+        with self._cache_lock:
+            self._cache.pop(message_id, None)
 
     def purge_expired(self, *, now: int, skew: int) -> int:
         """Pending messages past ``exp`` + skew are dropped with their chunks (the sender gave up)."""
@@ -310,6 +365,7 @@ class InboundAttachments:
                 self._delete_rows(session, sender, message_id)
                 append_entry(session, event="pending_expired", at=now, message_id=message_id, peer=sender,
                              envelope_sha256=sha)
+            self._uncache(message_id)
             self.blobs.remove(self.blobs.incoming(sender, message_id))
         return len(rows)
 
