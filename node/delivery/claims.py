@@ -174,13 +174,8 @@ def settle_delivered_in(session: Session, claim: Claim, *, owner: str, receipt_j
     return True
 
 
-def settle_failed(db: Database, claim: Claim, *, owner: str, category: str, now: int) -> bool:
-    """A verified permanent error from the peer: the message ends ``failed``."""
-    with db.write() as session:
-        return settle_failed_in(session, claim, owner=owner, category=category, now=now)
-
-
 def settle_failed_in(session: Session, claim: Claim, *, owner: str, category: str, now: int) -> bool:
+    """A verified permanent error from the peer: the message ends ``failed``."""
     row = _owned(session, claim, owner)
     if row is None:
         return False
@@ -191,16 +186,9 @@ def settle_failed_in(session: Session, claim: Claim, *, owner: str, category: st
     return True
 
 
-def settle_retry(db: Database, claim: Claim, *, owner: str, category: str, now: int,
-                 retry_after: int | None = None, per_peer: bool = True, delay: float | None = None) -> bool:
-    """Release the claim for a later attempt; a peer-wide failure backs off the whole peer."""
-    with db.write() as session:
-        return settle_retry_in(session, claim, owner=owner, category=category, now=now, retry_after=retry_after,
-                               per_peer=per_peer, delay=delay)
-
-
 def settle_retry_in(session: Session, claim: Claim, *, owner: str, category: str, now: int,
                     retry_after: int | None = None, per_peer: bool = True, delay: float | None = None) -> bool:
+    """Release the claim for a later attempt; a peer-wide failure backs off the whole peer."""
     row = _owned(session, claim, owner)
     if row is None:
         return False
@@ -223,16 +211,9 @@ def settle_retry_in(session: Session, claim: Claim, *, owner: str, category: str
     return True
 
 
-def replace_envelope(db: Database, claim: Claim, *, owner: str, envelope: bytes, sha256: str,
-                     recipient_kid: str, now: int) -> bool:
-    """After ``retry-after-refresh``: the same inner JWS, re-encrypted to the peer's new key."""
-    with db.write() as session:
-        return replace_envelope_in(session, claim, owner=owner, envelope=envelope, sha256=sha256,
-                                   recipient_kid=recipient_kid, now=now)
-
-
 def replace_envelope_in(session: Session, claim: Claim, *, owner: str, envelope: bytes, sha256: str,
                         recipient_kid: str, now: int) -> bool:
+    """After ``retry-after-refresh``: the same inner JWS, re-encrypted to the peer's new key."""
     row = _owned(session, claim, owner)
     if row is None:
         return False
@@ -248,20 +229,15 @@ def extend_lease(db: Database, claim: Claim, *, owner: str, now: int, lease: int
                  acknowledged: dict[int, int] | None = None) -> bool:
     """Keep the claim of a long attachment transfer (and record its progress: chunks acknowledged per
     attachment); False if the lease was lost, and the transfer must stop."""
-    with db.write() as session:
-        return extend_lease_in(session, claim, owner=owner, now=now, lease=lease, acknowledged=acknowledged)
-
-
-def extend_lease_in(session: Session, claim: Claim, *, owner: str, now: int, lease: int = LEASE_SECONDS,
-                    acknowledged: dict[int, int] | None = None) -> bool:
     from ..storage.models import OutboxAttachment
 
-    row = _owned(session, claim, owner)
-    if row is None:
-        return False
-    row.lease_until = max(row.lease_until or 0, now + lease)
-    for att, count in (acknowledged or {}).items():
-        session.execute(update(OutboxAttachment).where(
-            OutboxAttachment.message_id == claim.message_id, OutboxAttachment.att == att,
-        ).values(acknowledged=count))
-    return True
+    with db.write() as session:
+        row = _owned(session, claim, owner)
+        if row is None:
+            return False
+        row.lease_until = max(row.lease_until or 0, now + lease)
+        for att, count in (acknowledged or {}).items():
+            session.execute(update(OutboxAttachment).where(
+                OutboxAttachment.message_id == claim.message_id, OutboxAttachment.att == att,
+            ).values(acknowledged=count))
+        return True

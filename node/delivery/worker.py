@@ -44,7 +44,6 @@ from .transport import MEDIA_JOSE, Response, TransportFailure, error_jws_of, pos
 from .witness import PeerWitness
 
 if TYPE_CHECKING:
-
     from ..services.integrator import IntegratorLoop
 
 log = structlog.get_logger("comity.delivery")
@@ -191,7 +190,7 @@ class DeliveryWorker:
             blog.warning("insecure_endpoint_refused",
                          detail="the peer's endpoint is not https (--insecure-http is for local test federations)")
             await self._write(settle_retry_in, claim, owner=self.owner, category="insecure_endpoint",
-                                    now=self.clock())
+                              now=self.clock())
             return
         started = time.perf_counter()
         resp = await post_envelope(client, claim.endpoint, claim.envelope, timeout=self.timeout)
@@ -215,7 +214,7 @@ class DeliveryWorker:
         category = "rate_limited" if resp.status == 429 else f"http_{resp.status}"
         blog.info("delivery_retry", status=resp.status)
         await self._write(settle_retry_in, claim, owner=self.owner, category=category, now=now,
-                                retry_after=resp.retry_after)
+                          retry_after=resp.retry_after)
 
     async def _on_receipt(self, client: httpx.AsyncClient, claim: Claim, resp: Response,
                           blog: structlog.typing.FilteringBoundLogger) -> None:
@@ -228,7 +227,7 @@ class DeliveryWorker:
         except ProtocolError as e:
             blog.warning("receipt_refused", category=e.category.value, detail=e.detail[:200])
             await self._write(settle_retry_in, claim, owner=self.owner, category="receipt_invalid",
-                                    now=self.clock())
+                              now=self.clock())
             return
         from protocol.receipts import Receipt
 
@@ -254,7 +253,7 @@ class DeliveryWorker:
         except ProtocolError as e:
             blog.info("unsigned_error_ignored", status=resp.status, category=e.category.value)
             await self._write(settle_retry_in, claim, owner=self.owner, category=f"http_{resp.status}",
-                                    now=self.clock(), retry_after=resp.retry_after)
+                              now=self.clock(), retry_after=resp.retry_after)
             return
         from protocol.rejections import SignedError
 
@@ -263,7 +262,7 @@ class DeliveryWorker:
         if err.error_class == ErrorClass.PERMANENT:
             blog.warning("delivery_failed", category=err.category.value)
             await self._write(settle_failed_in, claim, owner=self.owner, category=err.category.value,
-                                    now=now)
+                              now=now)
         elif err.error_class == ErrorClass.RETRY_AFTER_REFRESH:
             await self._reseal(client, claim, err.category.value, blog)
         else:
@@ -271,7 +270,7 @@ class DeliveryWorker:
             # a refusal about this message (its time, its signing key, its chunks) backs off the
             # message alone; a refusal about the peer's state (busy, unavailable) backs off the peer
             await self._write(settle_retry_in, claim, owner=self.owner, category=err.category.value,
-                                    now=now, retry_after=resp.retry_after,
+                              now=now, retry_after=resp.retry_after,
                                     per_peer=err.category not in MESSAGE_SCOPED)
 
     async def _reseal(self, client: httpx.AsyncClient, claim: Claim, category: str,
@@ -294,4 +293,4 @@ class DeliveryWorker:
                                  recipient_key=key.key)
         blog.info("resealed", kid=key.kid)
         await self._write(replace_envelope_in, claim, owner=self.owner, envelope=sealed.raw,
-                                sha256=sealed.sha256, recipient_kid=key.kid, now=now)
+                          sha256=sealed.sha256, recipient_kid=key.kid, now=now)
