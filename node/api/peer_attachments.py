@@ -25,7 +25,7 @@ from protocol.streams import chunk_plaintext_length, chunk_token_bound
 from ..runtime import Node
 from ..services.attachments import InboundAttachments, Pending
 from ..services.receiving import Accepted, Duplicate, Rejected, record_rejection, rejected_from
-from ..storage.blobs import BlobStore, tune_allocator
+from ..storage.blobs import BlobStore, ChunkThreads, tune_allocator
 from ..storage.models import InboxMessage
 
 log = structlog.get_logger("comity.attachments")
@@ -57,6 +57,7 @@ class AttachmentRoutes:
         self.duplicate_answer = duplicate_answer
         self.chunk_delay = s.chunk_delay if s.testing else 0.0
         tune_allocator()  # chunk-sized buffers kept for reuse: see there
+        self.chunk_threads = ChunkThreads("comity-chunk")
 
     async def pending_answer(self, sha: str) -> Response | None:
         """SPEC §5 step 2 for pending bytes: the 202 pending state again, or None if not pending."""
@@ -119,7 +120,7 @@ class AttachmentRoutes:
             return self._signed(pending, Category.TOO_LARGE, f"{length} bytes exceed the {bound} of chunk {att}/{seq}")
         token = await request.body()
         try:
-            stored = await asyncio.to_thread(self.inbound.accept_chunk, pending, att, seq, token)
+            stored = await self.chunk_threads.run(self.inbound.accept_chunk, pending, att, seq, token)
         except ProtocolError as e:
             source = request.client.host if request.client else "unknown"
             rejected = Rejected(e.category, e.detail, pending.sender, pending.envelope_sha256)

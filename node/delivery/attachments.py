@@ -20,7 +20,7 @@ import httpx
 import structlog
 from sqlalchemy import select
 
-from ..storage.blobs import BlobError, BlobStore
+from ..storage.blobs import BlobError, BlobStore, ChunkThreads
 from ..storage.db import Database
 from ..storage.models import OutboxAttachment
 from .claims import LEASE_SECONDS, Claim, extend_lease
@@ -111,6 +111,7 @@ class ChunkSender:
         self.timeout = timeout
         self.lease = lease
         self.blobs = BlobStore(Path("/"))  # chunk folders are absolute, recorded per message
+        self.reads = ChunkThreads("comity-chunk-read")
 
     async def transfer(self, client: httpx.AsyncClient, claim: Claim, pending: Response,
                        blog: structlog.typing.FilteringBoundLogger) -> Response | TransportFailure:
@@ -158,7 +159,7 @@ class ChunkSender:
                 if failures:
                     return
                 try:
-                    token = await asyncio.to_thread(self.blobs.read_chunk, a.folder, a.att, seq)
+                    token = await self.reads.run(self.blobs.read_chunk, a.folder, a.att, seq)
                 except BlobError as e:
                     blog.error("chunk_unreadable", att=a.att, seq=seq, detail=e.detail[:200])
                     failures.append(TransportFailure("chunk_unreadable"))

@@ -351,6 +351,12 @@ class InboundAttachments:
                 if running is not None:
                     self._held -= running.held
 
+    def _drop_running(self, envelope_sha256: str) -> None:
+        """Forget the running digests of a message whose attachments are unknown here (expired)."""
+        with self._lock:
+            for slot in [s for s in self._running if s[0] == envelope_sha256]:
+                self._held -= self._running.pop(slot).held
+
     def _uncache(self, message_id: str) -> None:
         with self._cache_lock:
             self._cache.pop(message_id, None)
@@ -366,6 +372,7 @@ class InboundAttachments:
                 append_entry(session, event="pending_expired", at=now, message_id=message_id, peer=sender,
                              envelope_sha256=sha)
             self._uncache(message_id)
+            self._drop_running(sha)
             self.blobs.remove(self.blobs.incoming(sender, message_id))
         return len(rows)
 

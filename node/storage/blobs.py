@@ -11,8 +11,11 @@ storage key (AES key wrap, RFC 3394).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import contextvars
 import ctypes
+import functools
 import gc
 import os
 import queue
@@ -20,8 +23,10 @@ import re
 import secrets
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
@@ -98,6 +103,26 @@ def tune_allocator() -> bool:
             _allocator_tuned.append(bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD))
                                     and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)))
     return _allocator_tuned[0]
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+class ChunkThreads:
+    """A few threads of their own for the work on whole chunks (``asyncio.to_thread`` otherwise).
+
+    glibc gives each thread that allocates its own heap (arena); spread over every thread of the
+    default executor, chunk-sized buffers would keep a few MiB free in each of them (see
+    ``tune_allocator``).  Two threads serve the two chunks a transfer has in flight.
+    """
+
+    def __init__(self, name: str, workers: int = 2) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+
+    async def run(self, func: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+        call = functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
 
 def _fsync_dir(path: Path) -> None:

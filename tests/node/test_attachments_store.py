@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import hashlib
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -16,9 +20,9 @@ from node.services.attachment_files import (
     received_attachments,
     seal_files,
 )
-from node.services.attachments import InboundAttachments, Pending, storage_unready
+from node.services.attachments import PENDING_TTL, InboundAttachments, Pending, storage_unready
 from node.services.receiving import Accepted, Rejected
-from node.storage.blobs import BlobError, BlobStore, unwrap_content_key, wrap_content_key
+from node.storage.blobs import BlobError, BlobStore, ChunkThreads, unwrap_content_key, wrap_content_key
 from node.storage.db import Database
 from node.storage.models import InboxAttachment, InboxMessage, InboxPending
 from protocol.chunks import CHUNK_SIZE, seal_chunk
@@ -56,6 +60,48 @@ def test_chunk_files_appear_whole_and_once(tmp_path: Path) -> None:
     blobs.sync(folder, 1)
     assert storage_unready(blobs, disk_reserve=0) is None
     assert "below the reserve" in (storage_unready(blobs, disk_reserve=10**18) or "")
+
+
+def test_chunks_written_uncached_are_durable_and_whole(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+    folder = blobs.incoming("GB-UKCA", "b" * 32)
+    token = os.urandom(CHUNK_SIZE + 100)
+    assert blobs.write_chunk(folder, 3, 0, token, cached=False, replace=False)  # the folder is made
+    assert not blobs.write_chunk(folder, 3, 0, b"other", cached=False, replace=False)
+    assert blobs.read_chunk(folder, 3, 0) == token
+    assert blobs.write_chunk(folder, 3, 0, b"replaced", cached=False)
+    assert blobs.read_chunk(folder, 3, 0) == b"replaced"
+    assert sorted(p.name for p in (folder / "3").iterdir()) == ["0.jwe"]  # no temporary file left
+    (folder / "3").chmod(0o500)
+    try:
+        if os.geteuid() != 0:  # root writes anywhere
+            with pytest.raises(BlobError, match="cannot store chunk 3/1"):
+                blobs.write_chunk(folder, 3, 1, token, cached=False)
+    finally:
+        (folder / "3").chmod(0o700)
+
+
+def test_chunk_threads_run_calls_on_their_own_threads() -> None:
+    threads = ChunkThreads("test-chunk", workers=2)
+    tag: contextvars.ContextVar[str] = contextvars.ContextVar("tag", default="none")
+
+    def where(x: int, *, y: int) -> tuple[str, str, int]:
+        return threading.current_thread().name, tag.get(), x + y
+
+    async def main() -> list[tuple[str, str, int]]:
+        tag.set("bound")  # the caller's context goes with the call (structlog binds live there)
+        return list(await asyncio.gather(*(threads.run(where, i, y=1) for i in range(4))))
+
+    results = asyncio.run(main())
+    assert [r[2] for r in results] == [1, 2, 3, 4]
+    assert {r[1] for r in results} == {"bound"}
+    assert {r[0].rsplit("_", 1)[0] for r in results} == {"test-chunk"}
+
+    def fails() -> None:
+        raise BlobError("gone")
+
+    with pytest.raises(BlobError, match="gone"):
+        asyncio.run(threads.run(fails))
 
 
 def test_attachment_names_are_checked_before_any_work(tmp_path: Path) -> None:
@@ -191,6 +237,36 @@ def test_expired_pending_messages_are_dropped(inbound: InboundAttachments) -> No
     assert inbound.purge_expired(now=T0 + 3600, skew=300) == 0
     assert inbound.purge_expired(now=T0 + 3600 + 301, skew=300) == 1
     assert inbound.pending_by_id(pending.message_id) is None and not pending.folder.exists()
+
+
+def test_pending_lookups_are_remembered_briefly_and_forgotten_on_commit(
+        inbound: InboundAttachments, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = os.urandom(32)
+    pending = _pending(inbound, _opened((_entry("a", b"x", key),), "7" * 64))
+    assert inbound.cached_pending(pending.message_id) is None  # only the chunk endpoint's look-up is kept
+    assert inbound.pending_by_id(pending.message_id) == pending
+    assert inbound.cached_pending(pending.message_id) == pending
+    clock = [time.monotonic()]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    clock[0] += PENDING_TTL + 0.1  # stale: asked of the database again
+    assert inbound.cached_pending(pending.message_id) is None
+    assert inbound.pending_by_id(pending.message_id) == pending
+    inbound.accept_chunk(pending, 0, 0, _chunks(b"x", key, 0)[0])
+    assert isinstance(inbound.commit(pending, now=T0), Accepted)
+    assert inbound.cached_pending(pending.message_id) is None  # committed here: forgotten at once
+    refused = _pending(inbound, _opened((_entry("a", b"y", key, sha="cd" * 32),), "8" * 64))
+    assert inbound.pending_by_id(refused.message_id) == refused
+    inbound.accept_chunk(refused, 0, 0, _chunks(b"y", key, 0)[0])
+    assert isinstance(inbound.commit(refused, now=T0), Rejected)
+    assert inbound.cached_pending(refused.message_id) is None  # refused: forgotten too
+    two = os.urandom(2 * CHUNK_SIZE)
+    expired = _pending(inbound, _opened((_entry("a", two, key),), "9" * 64))
+    assert inbound.pending_by_id(expired.message_id) == expired
+    assert inbound.accept_chunk(expired, 0, 1, _chunks(two, key, 0)[1])  # ahead of chunk 0: held
+    assert inbound._held == 1
+    assert inbound.purge_expired(now=T0 + 3600 + 301, skew=300) == 1
+    assert inbound.cached_pending(expired.message_id) is None  # expired: forgotten too
+    assert inbound._held == 0 and not inbound._running  # and its held plaintext let go
 
 
 def test_seal_then_export_round_trip(inbound: InboundAttachments, tmp_path: Path) -> None:

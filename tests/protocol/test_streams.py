@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import hashlib
 import io
+import itertools
 import tracemalloc
 from collections.abc import Callable, Iterator
 
@@ -157,6 +158,32 @@ def test_running_digest_only_for_chunks_in_order() -> None:
     for seq in (0, 2, 1):
         out_of_order.feed(seq, plain[seq])
     assert out_of_order.result() is None
+
+
+def test_running_digest_holds_chunks_that_overtook_their_predecessor() -> None:
+    """Every arrival order of four chunks gives the in-order digest when the early ones are held."""
+    data = pattern(3 * CHUNK_SIZE + 5)
+    tokens, digest = sealed(data)
+    plain = [open_chunk(t, key=KEY, att=0, seq=i, chunks=4) for i, t in enumerate(tokens)]
+    for order in itertools.permutations(range(4)):
+        running = RunningDigest(4)
+        for seq in order:
+            if seq == running.expected:
+                running.feed(seq, plain[seq])
+            else:
+                assert running.hold(seq, plain[seq]), (order, seq)
+        assert running.held == 0 and running.result() == digest, order
+    running = RunningDigest(4)
+    assert running.hold(2, plain[2])
+    assert not running.hold(2, plain[2])  # held already
+    assert not running.hold(0, plain[0])  # its turn: fed, not held
+    assert not running.hold(4, b"")  # past the last chunk
+    running.feed(0, plain[0])
+    assert not running.hold(0, plain[0])  # behind: taken already
+    running.feed(3, plain[3])  # fed out of turn: the digest stops for good, held plaintexts go
+    assert running.held == 0 and not running.hold(2, plain[2])
+    running.feed(1, plain[1])
+    assert running.result() is None
 
 
 def test_chunk_lengths_and_bounds() -> None:
