@@ -16,10 +16,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from keys.keystore import Keystore
 from node.services.attachment_files import export_attachment, pick_attachment, received_attachments
 from node.storage.blobs import BlobStore
+from node.storage.models import AuditEntry
 from protocol.artifacts import LiveKeys
 from protocol.chunks import CHUNK_SIZE, seal_chunk
 from protocol.envelope import AttachmentEntry, EnvelopeContent, chunk_count, seal_envelope
@@ -152,6 +154,17 @@ def check_round_trips(tmp_path: Path, a: NodeHandle, b: NodeHandle, files: Path,
     assert get_attachment(b, mid, "3", out, force=True) == 0
     assert sha256_file(out) == digests["plus.bin"]
     assert get_attachment(b, mid, "nope.bin", tmp_path / "x", check=False) == 3
+    # every download through the CLI is an access-log entry: who and which message, never the name
+    db = b.database()
+    try:
+        with db.read() as session:
+            leaves = session.scalars(select(AuditEntry.leaf).where(AuditEntry.log == "access",
+                                                                   AuditEntry.event == "attachment_exported")).all()
+    finally:
+        db.dispose()
+    assert len(leaves) == 2  # the two that succeeded
+    assert all(mid.encode() in leaf and b"cli:" in leaf and b".pdf" not in leaf and b".bin" not in leaf
+               for leaf in leaves)
     assert log_events(b, "chunk_stored", mid) == 5 and log_events(b, "chunk_held", mid) == 0
     # the receiver keeps sealed chunks only: no plaintext copy anywhere in its blobs
     stored = sorted((b.home / "blobs" / "in" / "GB-UKCA" / mid).glob("*/*.jwe"))
