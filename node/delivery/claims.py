@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, func, or_, select, update
+from sqlalchemy import and_, bindparam, exists, func, literal, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from ..services.audit import append_entry, sha256_hex
@@ -60,7 +61,12 @@ def fail_expired(session: Session, *, now: int, skew: int) -> int:
     return len(rows)
 
 
-def _due_query(state: str, now: int, limit: int, skip_locked: bool) -> object:
+def _const(value: str | int) -> Any:
+    """A constant of the code, written into the statement's text (never a value from outside)."""
+    return literal(value, literal_execute=True)
+
+
+def _due_query(state: str, now: Any, limit: Any, skip_locked: bool) -> Any:
     """Due messages in one state, oldest first.  One state per query so that the index on
     (state, seq, ...) yields them in order and the scan stops after ``limit`` (an IN over two
     states would sort every active message, every claim)."""
@@ -69,14 +75,17 @@ def _due_query(state: str, now: int, limit: int, skip_locked: bool) -> object:
         select(OutboxMessage.seq)
         .join(Peer, Peer.authority == OutboxMessage.peer)
         .where(
-            OutboxMessage.state == state,
+            # the states are written into the SQL, not bound: PostgreSQL's generic plan for a
+            # prepared statement cannot see through ``state IN ($1, $2)`` to the partial index
+            # (it then scanned every active row once per due row) nor estimate ``state = $1``
+            OutboxMessage.state == _const(state),
             OutboxMessage.next_attempt_at <= now,
             Peer.next_attempt_at <= now,
             # no lease, or a lapsed one; one expression, not an OR (which PostgreSQL turned into a
             # bitmap scan and a sort of every queued row instead of walking the index in order)
-            func.coalesce(OutboxMessage.lease_until, 0) < now,
+            func.coalesce(OutboxMessage.lease_until, _const(0)) < now,
             ~exists().where(and_(earlier.conversation == OutboxMessage.conversation,
-                                 earlier.seq < OutboxMessage.seq, earlier.state.in_(ACTIVE))),
+                                 earlier.seq < OutboxMessage.seq, earlier.state.in_([_const(s) for s in ACTIVE]))),
         )
         # (state, seq): state is fixed by the WHERE, so this is seq order; naming the index's columns
         # keeps PostgreSQL on it even when its statistics lag behind (else it walks the primary key
@@ -102,24 +111,15 @@ def claim_due(session: Session, *, owner: str, now: int, limit: int, skew: int =
     """``claim_due_deliveries`` in the caller's transaction."""
     if expire:
         fail_expired(session, now=now, skew=skew)
-    sqlite = session.get_bind().dialect.name == "sqlite"
-    due = [seq for state in ACTIVE  # queued, and sending with a lapsed lease
-           for seq in session.scalars(_due_query(state, now, limit, skip_locked=not sqlite))]  # type: ignore[call-overload]
+    conn = session.connection()
+    queries = _DUE_SQLITE if conn.dialect.name == "sqlite" else _DUE_LOCKING
+    due = [seq for query in queries  # queued, and sending with a lapsed lease
+           for seq in conn.execute(query, {"b_now": now, "b_limit": limit}).scalars()]
     seqs = sorted(due)[:limit]
     if not seqs:
         return []
-    session.execute(
-        update(OutboxMessage).where(OutboxMessage.seq.in_(seqs)).values(
-            state="sending", lease_until=now + lease, lease_owner=owner,
-            attempts=OutboxMessage.attempts + 1,
-        )
-    )
-    p = peers_table.c
-    rows = session.connection().execute(
-        select(_o.seq, _o.message_id, _o.peer, p.endpoint, _o.envelope, _o.envelope_sha256, _o.inner_jws,
-               _o.recipient_kid, _o.attempts, _o.exp)
-        .join_from(outbox_table, peers_table, p.authority == _o.peer).where(_o.seq.in_(seqs)).order_by(_o.seq)
-    ).all()
+    conn.execute(_CLAIM, {"b_seqs": seqs, "b_lease_until": now + lease, "b_owner": owner})
+    rows = conn.execute(_CLAIMED, {"b_seqs": seqs}).all()
     claims = []
     for r in rows:
         claims.append(Claim(r.seq, r.message_id, r.peer, r.endpoint, r.envelope, r.envelope_sha256, r.inner_jws,
@@ -130,6 +130,19 @@ def claim_due(session: Session, *, owner: str, now: int, limit: int, skew: int =
 
 
 _o = outbox_table.c
+# built once (a claim runs many times a second under load; building the statements cost more than
+# running them): the due messages per state, without and with row locks (PostgreSQL)
+_DUE_SQLITE = tuple(_due_query(s, bindparam("b_now"), bindparam("b_limit"), skip_locked=False) for s in ACTIVE)
+_DUE_LOCKING = tuple(_due_query(s, bindparam("b_now"), bindparam("b_limit"), skip_locked=True) for s in ACTIVE)
+_CLAIM = outbox_table.update().where(_o.seq.in_(bindparam("b_seqs", expanding=True))).values(
+    state="sending", lease_until=bindparam("b_lease_until"), lease_owner=bindparam("b_owner"),
+    attempts=_o.attempts + 1)
+_CLAIMED = (
+    select(_o.seq, _o.message_id, _o.peer, peers_table.c.endpoint, _o.envelope, _o.envelope_sha256, _o.inner_jws,
+           _o.recipient_kid, _o.attempts, _o.exp)
+    .join_from(outbox_table, peers_table, peers_table.c.authority == _o.peer)
+    .where(_o.seq.in_(bindparam("b_seqs", expanding=True))).order_by(_o.seq)
+)
 _SETTLE_DELIVERED = outbox_table.update().where(
     # still ours (as in ``_owned``)
     _o.seq == bindparam("b_seq"), _o.state == "sending", _o.lease_owner == bindparam("b_owner"),

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 
 from protocol.errors import ProtocolError
 from protocol.strictjson import parse_object
+
+from .client import PeerClient
 
 MEDIA_JOSE = "application/jose"
 MEDIA_PROBLEM = "application/problem+json"
@@ -60,6 +63,9 @@ async def read_capped(resp: httpx.Response, limit: int = MAX_RESPONSE_BYTES) -> 
 async def post_envelope(client: httpx.AsyncClient, endpoint: str, envelope: bytes, *,
                         timeout: float) -> Response | TransportFailure:
     """One POST with a total deadline of ``timeout`` seconds (connect, send, wait and read together)."""
+    session = client.aiohttp_session() if isinstance(client, PeerClient) else None
+    if session is not None:
+        return await _post_aiohttp(session, endpoint, envelope, timeout=timeout)
     try:
         async with asyncio.timeout(timeout):
             async with client.stream(
@@ -75,6 +81,33 @@ async def post_envelope(client: httpx.AsyncClient, endpoint: str, envelope: byte
     except TimeoutError:
         return TransportFailure("timeout")
     except httpx.HTTPError as e:
+        return TransportFailure(type(e).__name__)
+
+
+async def _post_aiohttp(session: Any, endpoint: str, envelope: bytes, *, timeout: float) -> Response | TransportFailure:
+    """``post_envelope`` on aiohttp itself: the same request, limits and failure names (aiohttp's
+    errors mapped to httpx's as the transport maps them)."""
+    import aiohttp
+    from httpx_aiohttp.transport import map_aiohttp_exceptions
+
+    try:
+        async with asyncio.timeout(timeout):
+            with map_aiohttp_exceptions():
+                async with session.post(inbox_url(endpoint), data=envelope, allow_redirects=False,
+                                        auto_decompress=False, compress=False,
+                                        headers={"Content-Type": MEDIA_JOSE,
+                                                 "Accept": f"{MEDIA_JOSE}, {MEDIA_PROBLEM}"}) as resp:
+                    body = bytearray()
+                    async for piece in resp.content.iter_any():
+                        body += piece
+                        if len(body) > MAX_RESPONSE_BYTES:
+                            return TransportFailure("response_too_large")
+                    return Response(resp.status, bytes(body),
+                                    resp.headers.get("content-type", "").split(";")[0].strip(),
+                                    _retry_after(resp.headers.get("retry-after")))
+    except TimeoutError:
+        return TransportFailure("timeout")
+    except (httpx.HTTPError, aiohttp.ClientError) as e:
         return TransportFailure(type(e).__name__)
 
 

@@ -39,6 +39,8 @@ from ..storage.models import Peer, PeerLog, Redelivery
 log = structlog.get_logger("comity.witness")
 
 TICK = 1.0
+#: Seconds between two passes of the loop at the least, however often it is woken.
+MIN_GAP = 0.25
 HELD_REREAD = 10.0
 
 
@@ -215,6 +217,7 @@ class PeerWitness:
         last_poll = last_reread = 0.0
         loop = asyncio.get_running_loop()
         while not stop.is_set():
+            ran = loop.time()
             if loop.time() - last_reread >= HELD_REREAD:
                 last_reread = loop.time()
                 self._held.clear()  # a declared restore (peer API) may have reset one in the database
@@ -231,6 +234,9 @@ class PeerWitness:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=TICK)
+            # woken by a receipt: at most one pass per MIN_GAP (under load every receipt wakes it)
+            if (gap := ran + MIN_GAP - loop.time()) > 0 and not stop.is_set():
+                await asyncio.sleep(gap)
 
     def _due(self) -> list[str]:
         """Peers whose check is due: a larger commitment held in memory or in the database."""
