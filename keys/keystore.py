@@ -110,6 +110,7 @@ class Keystore:
         self._protection = protection
         self._docs = docs
         self._keys = keys
+        self._decryption_keys: dict[str, OKPKey] = {}
         self._storage_key = storage_key
         self._randbytes = randbytes
         self.skew = skew
@@ -256,11 +257,19 @@ class Keystore:
 
     def decryption_keys(self, now: int) -> dict[str, OKPKey]:
         """The current encryption key and every retired one still kept at ``now``, by kid."""
-        out = {self._meta.encryption: decryption_key(self._x25519(self._meta.encryption))}
+        out = {self._meta.encryption: self._decryption_key(self._meta.encryption)}
         for kid, retired_at in self._meta.kept_encryption.items():
             if now <= retired_at + self.max_lifetime + self.skew:
-                out[kid] = decryption_key(self._x25519(kid))
+                out[kid] = self._decryption_key(kid)
         return out
+
+    def _decryption_key(self, kid: str) -> OKPKey:
+        """One joserfc key object per kid for this keystore's life (it is asked for on every envelope
+        opened, and joserfc derives a key's JWK form again for each new object)."""
+        key = self._decryption_keys.get(kid)
+        if key is None:
+            key = self._decryption_keys[kid] = decryption_key(self._x25519(kid))
+        return key
 
     def _ed25519(self, kid: str) -> Ed25519PrivateKey:
         key = self._keys[kid]

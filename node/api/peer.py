@@ -43,6 +43,8 @@ MEDIA_JOSE_JSON = "application/jose+json"
 DUPLICATE_WAIT = 5.0
 DUPLICATE_LOG_INTERVAL = 600.0
 RECEIPT_WAIT = 10.0
+#: The inbox (SPEC §5): answered by ``app._DirectRoutes`` without FastAPI's routing layers.
+INBOX_PATH = "/comity/v1/inbox"
 INLINE_OPEN_BYTES = 64 * 1024
 KEYSET_TTL = 1.0  # a sender's keyset is read again at most this long after it changed
 
@@ -125,7 +127,7 @@ def build_peer_router(node: Node) -> APIRouter:
             return await duplicate_answer(sha, receipt)
         return await attachments.pending_answer(sha)
 
-    @router.post("/comity/v1/inbox")
+    @router.post(INBOX_PATH)
     async def inbox(request: Request) -> Response:
         length = request.headers.get("content-length")
         if length is None or not length.isdigit():
