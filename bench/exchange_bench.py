@@ -9,10 +9,13 @@ PostgreSQL a server at ``$COMITY_TEST_PG_URL``).  In one run:
 3. per database: two real nodes (receiver B pinned to CPU 0, sender A to CPU 1); N messages queued
    at A first (not timed); then A -> B delivered-and-receipted messages per second from the
    worker's first claim to the last stored receipt; then the latency of single messages sent one at
-   a time through A's local API (POST, until A has stored the receipt).
+   a time through A's local API (POST, until A has stored the receipt);
+4. per database: the receiver alone, B driven with A's sealed envelopes (A not running) by an
+   aiohttp client in this process, 32 at a time: B's own capacity, to tell which side holds the
+   exchange back.
 
-Prints a Markdown table (with each node's CPU milliseconds per message: below 1,000 / rate, a node
-waited rather than worked).  ``--profile [wall|gil]`` runs py-spy on both nodes during the bulk phase;
+Prints Markdown tables (with each node's CPU milliseconds per message: below 1,000 / rate, a node
+waited rather than worked).  ``--profile [wall|gil|idle]`` runs py-spy on both nodes during the bulk phase;
 ``--concurrency`` sets the sender's ``worker_concurrency``.
 """
 
@@ -328,7 +331,8 @@ def run_exchange(work: Path, backend: str, n: int, singles: int, profile: str | 
                 spies.append(subprocess.Popen(
                     [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(node.proc.pid), "--format",
                      "raw", "--output", str(work / f"{backend}-{node.authority}.txt"), "--duration", "20",
-                     "--rate", "200", "--nonblocking", "--threads", *(["--gil"] if profile == "gil" else [])],
+                     "--rate", "200", "--nonblocking", "--threads",
+                     *{"gil": ["--gil"], "idle": ["--idle"]}.get(profile, [])],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         db = Database(db_url(a))
         first = last = None
@@ -341,7 +345,7 @@ def run_exchange(work: Path, backend: str, n: int, singles: int, profile: str | 
             if delivered >= n:
                 last = t
                 break
-            time.sleep(0.005)
+            time.sleep(0.02)  # each poll counts the outbox: 20 ms resolution on a run of seconds
         assert first is not None and last is not None, "the bulk delivery did not finish"
         rate = n / (last - first)
         # CPU per message, each side (start-up included: an upper bound)
@@ -380,6 +384,60 @@ def run_exchange(work: Path, backend: str, n: int, singles: int, profile: str | 
             drop_databases(dbs)
 
 
+@dataclass
+class ReceiverAlone:
+    backend: str
+    n: int
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    cpu_ms: float
+
+
+def run_receiver_alone(work: Path, backend: str, n: int, lanes: int = 32) -> ReceiverAlone:
+    """B alone: A's sealed envelopes (A never started) posted straight to B from this process with
+    aiohttp, ``lanes`` at a time.  Where the end-to-end figure falls short of this one, the sender is
+    what holds the exchange back."""
+    import aiohttp
+    from sqlalchemy import create_engine, text
+
+    a, b, dbs = make_pair(work / "alone", backend)
+    try:
+        queue_bulk(a, b.authority, n)
+        engine = create_engine(db_url(a))
+        with engine.connect() as conn:
+            envelopes = [bytes(r[0]) for r in conn.execute(text("SELECT envelope FROM outbox ORDER BY seq"))]
+        engine.dispose()
+        b.start(cpu=0)
+        cpu_before = cpu_seconds(b.proc)
+        latencies: list[float] = []
+
+        async def drive() -> float:
+            pending = iter(envelopes)
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=2 * lanes)) as session:
+                async def lane() -> None:
+                    for envelope in pending:
+                        started = time.perf_counter()
+                        async with session.post(f"http://127.0.0.1:{b.port}/comity/v1/inbox", data=envelope,
+                                                headers={"Content-Type": "application/jose"}) as resp:
+                            await resp.read()
+                            if resp.status not in (200, 201):
+                                raise RuntimeError(f"the receiver answered {resp.status}")
+                        latencies.append((time.perf_counter() - started) * 1000)
+                started = time.perf_counter()
+                await asyncio.gather(*(lane() for _ in range(lanes)))
+                return time.perf_counter() - started
+
+        elapsed = asyncio.run(drive())
+        cpu_ms = (cpu_seconds(b.proc) - cpu_before) * 1000 / n
+        q = statistics.quantiles(latencies, n=100)
+        return ReceiverAlone(backend, n, n / elapsed, q[49], q[98], cpu_ms)
+    finally:
+        b.stop()
+        if dbs:
+            drop_databases(dbs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=2000, help="messages queued for the bulk run")
@@ -387,8 +445,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=10, help="wrk seconds")
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--clients", action="store_true", help="also compare outbound HTTP clients")
-    parser.add_argument("--profile", nargs="?", const="wall", choices=("wall", "gil"),
-                        help="py-spy both nodes during the bulk run (gil: only samples holding the GIL)")
+    parser.add_argument("--profile", nargs="?", const="wall", choices=("wall", "gil", "idle"),
+                        help="py-spy both nodes during the bulk run (gil: only samples holding the GIL; "
+                             "idle: waiting threads too)")
     parser.add_argument("--concurrency", type=int, help="the sender's worker_concurrency (default: the node's)")
     parser.add_argument("--client-run", nargs=3, metavar=("KIND", "CONCURRENCY", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -407,6 +466,7 @@ def main() -> None:
         server.wait(timeout=30)
     results = [run_exchange(work, backend, args.n, args.singles, args.profile, args.concurrency)
                for backend in args.backends.split(",")]
+    alone = [run_receiver_alone(work, backend, args.n) for backend in args.backends.split(",")]
     print(f"\nbaseline (bare FastAPI, 2 KiB pydantic POST, wrk -t1 -c32): {base.rps:.0f} req/s, "
           f"p50 {base.p50_ms:.2f} ms, p99 {base.p99_ms:.2f} ms\n")
     print("| database | N | delivered+receipted msg/s | x baseline | p50 ms | p99 ms | baseline p50/p50 "
@@ -415,6 +475,12 @@ def main() -> None:
     for r in results:
         print(f"| {r.backend} | {r.n} | {r.rate:.0f} | {r.rate / base.rps:.3f}x | {r.p50_ms:.1f} | {r.p99_ms:.1f} "
               f"| {base.p50_ms / r.p50_ms:.3f}x | {r.sender_cpu_ms:.2f} | {r.receiver_cpu_ms:.2f} |")
+    print("\nthe receiver alone (B driven with A's sealed envelopes, 32 at a time, from this process):\n")
+    print("| database | N | receipts/s | x baseline | p50 ms | p99 ms | CPU ms/msg B (start-up excluded) |")
+    print("|---|---|---|---|---|---|---|")
+    for ra in alone:
+        print(f"| {ra.backend} | {ra.n} | {ra.rate:.0f} | {ra.rate / base.rps:.3f}x | {ra.p50_ms:.1f} "
+              f"| {ra.p99_ms:.1f} | {ra.cpu_ms:.2f} |")
     if clients:
         print("\n| client | concurrency | req/s |\n|---|---|---|")
         for kind, concurrency, rate in clients:

@@ -111,6 +111,7 @@ class Keystore:
         self._docs = docs
         self._keys = keys
         self._decryption_keys: dict[str, OKPKey] = {}
+        self._signer: Signer | None = None
         self._storage_key = storage_key
         self._randbytes = randbytes
         self.skew = skew
@@ -248,8 +249,12 @@ class Keystore:
 
     @property
     def signer(self) -> Signer:
-        """The operational signing key (envelopes, receipts, tree heads, signed errors)."""
-        return KeystoreSigner(self._ed25519(self._meta.signing))
+        """The operational signing key (envelopes, receipts, tree heads, signed errors); one object
+        for this keystore's life (every batch and receipt asks for it; its kid is a thumbprint)."""
+        kid = self._meta.signing
+        if self._signer is None or self._signer.kid != kid:  # (``rotate`` changes it in place)
+            self._signer = KeystoreSigner(self._ed25519(kid))
+        return self._signer
 
     @property
     def storage_key(self) -> bytes:

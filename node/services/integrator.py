@@ -18,9 +18,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar, cast, runtime_checkable
 
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import Connection, Table, bindparam, select, text
 from sqlalchemy.orm import Session
 
 from protocol.heads import TreeHead, sign_head
@@ -92,14 +92,20 @@ class IntegratorLock:
             self._conn = None
 
 
-def _load_tree(session: Session, log: str) -> tuple[AuditTree, CompactRange]:
-    row = session.get(AuditTree, log)
-    if row is None:
-        cr = CompactRange()
-        row = AuditTree(log=log, tree_size=0, frontier=json.dumps(cr.to_json()), root=cr.root().hex())
-        session.add(row)
-        return row, cr
-    return row, CompactRange.from_json(json.loads(row.frontier))
+_t = cast(Table, AuditTree.__table__).c
+_TREE = select(_t.frontier).where(_t.log == bindparam("log"))
+_SAVE_TREE = cast(Table, AuditTree.__table__).update().where(_t.log == bindparam("b_log")).values(
+    tree_size=bindparam("b_size"), frontier=bindparam("b_frontier"), root=bindparam("b_root"))
+_NEW_TREE = cast(Table, AuditTree.__table__).insert()
+_ADD_HEAD = cast(Table, AuditHead.__table__).insert()
+
+
+def _load_tree(conn: Connection, log: str) -> tuple[bool, CompactRange]:
+    """Whether ``log`` has a tree row yet, and its compact range (Core: this runs every batch)."""
+    frontier = conn.execute(_TREE, {"log": log}).scalar()
+    if frontier is None:
+        return False, CompactRange()
+    return True, CompactRange.from_json(json.loads(frontier))
 
 
 _e = audit_entries_table.c
@@ -126,7 +132,7 @@ def integrate_batch(
     signed: dict[int, bytes] = {}
     sequenced: list[dict[str, int]] = []
     for log, entries in by_log.items():
-        row, cr = _load_tree(session, log)
+        exists, cr = _load_tree(conn, log)
         indices: dict[int, int] = {}
         for entry in entries:
             indices[entry.id] = cr.size
@@ -134,9 +140,13 @@ def integrate_batch(
             cr.append(bytes.fromhex(entry.leaf_hash))
         root = cr.root().hex()
         head = TreeHead(iss=authority, log=log, tree_size=cr.size, root=root, at=now)  # type: ignore[arg-type]
-        session.add(AuditHead(log=log, tree_size=cr.size, root=root, at=now,
-                              head_jws=sign_head(head, signer=signer)))
-        row.tree_size, row.frontier, row.root = cr.size, json.dumps(cr.to_json()), root
+        conn.execute(_ADD_HEAD, {"log": log, "tree_size": cr.size, "root": root, "at": now,
+                                 "head_jws": sign_head(head, signer=signer)})
+        frontier = json.dumps(cr.to_json())
+        if exists:
+            conn.execute(_SAVE_TREE, {"b_log": log, "b_size": cr.size, "b_frontier": frontier, "b_root": root})
+        else:
+            conn.execute(_NEW_TREE, {"log": log, "tree_size": cr.size, "frontier": frontier, "root": root})
         heads[log] = cr.size
         if log != "exchange":
             continue
