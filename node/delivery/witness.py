@@ -17,6 +17,7 @@ from collections.abc import Callable
 import httpx
 import structlog
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from protocol.artifacts import LiveKeys
 from protocol.errors import ProtocolError
@@ -81,12 +82,20 @@ class PeerWitness:
         await self._record(peer, Commitment(tree_size, root, evidence))  # a first one, or a contradiction
 
     async def _record(self, peer: str, c: Commitment) -> bool:
-        def record() -> tuple[bool, tuple[int, str] | None]:
+        def record_once() -> tuple[bool, tuple[int, str] | None]:
             with self.db.write() as session:
                 due = observe_commitment(session, peer, c, now=self.clock())
                 row = session.get(PeerLog, peer)
                 held = None if row is None or row.tree_size is None else (row.tree_size, row.root or "")
                 return due, held
+
+        def record() -> tuple[bool, tuple[int, str] | None]:
+            try:
+                return record_once()
+            except IntegrityError:
+                # the first receipts of a peer arrive together: on PostgreSQL another delivery may
+                # have created the peer's row meanwhile; it is there now
+                return record_once()
         try:
             due, held = await asyncio.to_thread(record)
         except Exception as e:  # witnessing never fails a delivery

@@ -10,6 +10,8 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from sqlalchemy import bindparam
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from protocol.merkle import leaf_hash
@@ -74,7 +76,20 @@ class Appended(NamedTuple):
     id: int
 
 
-_INSERT_ENTRY = audit_entries_table.insert().returning(audit_entries_table.c.id)
+_ENTRY_NAMES = ("log", "leaf_index", "leaf", "leaf_hash", "event", "at", "message_id", "peer", "envelope_sha256")
+_DRIVER_INSERT = audit_entries_table.insert().values(
+    {name: bindparam(name) for name in _ENTRY_NAMES}).returning(audit_entries_table.c.id)
+#: the insert compiled once per dialect: (SQL text in the driver's parameter style, positional names or None)
+_DRIVER_SQL: dict[str, tuple[str, tuple[str, ...] | None]] = {}
+
+
+def _driver_sql(dialect: Dialect) -> tuple[str, tuple[str, ...] | None]:
+    found = _DRIVER_SQL.get(dialect.name)
+    if found is None:
+        compiled = _DRIVER_INSERT.compile(dialect=dialect)
+        found = _DRIVER_SQL[dialect.name] = (compiled.string,
+                                             tuple(compiled.positiontup or ()) if compiled.positional else None)
+    return found
 
 
 def append_entry(
@@ -84,12 +99,22 @@ def append_entry(
     """Add an unsequenced entry in ``session``'s transaction; the integrator assigns its index."""
     leaf = encode_leaf(log=log, event=event, at=at, message_id=message_id, peer=peer,
                        envelope_sha256=envelope_sha256, details=details)
-    # one statement, no ORM object: this runs for every message sent, received and settled
-    new_id = session.connection().execute(_INSERT_ENTRY, {
-        "log": log, "leaf_index": None, "leaf": leaf, "leaf_hash": leaf_hash(leaf).hex(), "event": event,
-        "at": at, "message_id": message_id, "peer": peer, "envelope_sha256": envelope_sha256,
-    }).scalar_one()
-    return Appended(new_id)
+    conn = session.connection()
+    values = {"log": log, "leaf_index": None, "leaf": leaf, "leaf_hash": leaf_hash(leaf).hex(), "event": event,
+              "at": at, "message_id": message_id, "peer": peer, "envelope_sha256": envelope_sha256}
+    # compiled once, executed on the driver's cursor inside the connection's transaction: this runs
+    # for every message sent, received and settled, and SQLAlchemy's per-statement work cost more
+    # than the insert itself
+    sql, positions = _driver_sql(conn.dialect)
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:
+        cursor.execute(sql, tuple(values[n] for n in positions) if positions is not None else values)
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    if row is None:  # an INSERT ... RETURNING always returns its row
+        raise RuntimeError("the audit entry insert returned no id")
+    return Appended(int(row[0]))
 
 
 def sha256_hex(data: bytes) -> str:

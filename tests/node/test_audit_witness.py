@@ -13,6 +13,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from sqlalchemy import select, update
+from structlog.testing import capture_logs
 
 from node.api.app import build_app
 from node.config import Settings
@@ -196,3 +197,22 @@ def test_bundles_carry_recorded_failures(world: tuple[Side, Side], tmp_path: Pat
     [failure] = result["peer_log_failures"]
     assert failure["peer"] == b.authority and failure["checked"] is True
     assert failure["held"][0] < failure["received"][0]
+
+
+def test_first_receipts_arriving_together_are_all_witnessed(world: tuple[Side, Side]) -> None:
+    """Several deliveries observe a peer's first commitments at once: each records it (on PostgreSQL
+    the row one of them creates makes the others' inserts collide; they read it and go on)."""
+    a, b = world
+    witness = PeerWitness(a.db, clock=lambda: int(time.time()))
+    first = receipts(a, exchange(a, b, 6))
+
+    async def run() -> None:
+        await asyncio.gather(*(witness.observe(b.authority, size, root, token) for size, root, token in first))
+
+    with capture_logs() as logs:
+        asyncio.run(run())
+    assert [e for e in logs if e["event"] == "witness_record_failed"] == []
+    row = peer_log(a, b.authority)
+    assert row.status == "ok" and row.tree_size is not None and row.tree_size >= first[0][0]
+    with a.db.read() as s:
+        assert not list(s.scalars(select(PeerLogFailure)))
