@@ -15,7 +15,7 @@ from sqlalchemy import and_, bindparam, exists, func, literal, or_, select, upda
 from sqlalchemy.orm import Session, aliased
 
 from ..services.audit import append_entry, sha256_hex
-from ..storage.db import Database
+from ..storage.db import Database, DriverStatement
 from ..storage.models import OutboxMessage, Peer, outbox_table, peers_table
 
 LEASE_SECONDS = 60
@@ -143,16 +143,16 @@ _CLAIMED = (
     .join_from(outbox_table, peers_table, peers_table.c.authority == _o.peer)
     .where(_o.seq.in_(bindparam("b_seqs", expanding=True))).order_by(_o.seq)
 )
-_SETTLE_DELIVERED = outbox_table.update().where(
+_SETTLE_DELIVERED = DriverStatement(outbox_table.update().where(
     # still ours (as in ``_owned``)
     _o.seq == bindparam("b_seq"), _o.state == "sending", _o.lease_owner == bindparam("b_owner"),
     _o.attempts == bindparam("b_attempt"),
 ).values(state="delivered", lease_until=None, lease_owner=None, delivered_at=bindparam("b_now"),
          receipt_jws=bindparam("b_receipt"), receipt_received_at=bindparam("b_received_at"),
          receipt_leaf_index=bindparam("b_leaf_index"), receipt_tree_size=bindparam("b_tree_size"),
-         receipt_root=bindparam("b_root"))
-_PEER_SUCCESS = peers_table.update().where(peers_table.c.authority == bindparam("b_peer")).values(
-    failures=0, next_attempt_at=0, last_success_at=bindparam("b_now"))
+         receipt_root=bindparam("b_root")))
+_PEER_SUCCESS = DriverStatement(peers_table.update().where(peers_table.c.authority == bindparam("b_peer")).values(
+    failures=0, next_attempt_at=0, last_success_at=bindparam("b_now")))
 
 
 def _owned(session: Session, claim: Claim, owner: str) -> OutboxMessage | None:
@@ -173,13 +173,13 @@ def settle_delivered_in(session: Session, claim: Claim, *, owner: str, receipt_j
                         leaf_index: int, tree_size: int, root: str, now: int) -> bool:
     # plain UPDATEs (no ORM load of the row and its envelope): this runs for every message delivered
     conn = session.connection()
-    settled = conn.execute(_SETTLE_DELIVERED, {
+    settled, _ = _SETTLE_DELIVERED.execute(conn, {
         "b_seq": claim.seq, "b_owner": owner, "b_attempt": claim.attempt, "b_now": now, "b_receipt": receipt_jws,
         "b_received_at": received_at, "b_leaf_index": leaf_index, "b_tree_size": tree_size, "b_root": root,
     })
-    if settled.rowcount != 1:
+    if settled != 1:
         return False  # the lease expired and a newer claim owns the message
-    conn.execute(_PEER_SUCCESS, {"b_peer": claim.peer, "b_now": now})
+    _PEER_SUCCESS.execute(conn, {"b_peer": claim.peer, "b_now": now})
     append_entry(session, event="delivered", at=now, message_id=claim.message_id, peer=claim.peer,
                  envelope_sha256=claim.envelope_sha256,
                  details={"receipt_sha256": sha256_hex(receipt_jws), "peer_leaf_index": leaf_index,

@@ -11,12 +11,12 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam
-from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from protocol.merkle import leaf_hash
 from protocol.strictjson import canonical, parse_object
 
+from ..storage.db import DriverStatement
 from ..storage.models import audit_entries_table
 
 LOGS = ("exchange", "access")
@@ -77,19 +77,8 @@ class Appended(NamedTuple):
 
 
 _ENTRY_NAMES = ("log", "leaf_index", "leaf", "leaf_hash", "event", "at", "message_id", "peer", "envelope_sha256")
-_DRIVER_INSERT = audit_entries_table.insert().values(
-    {name: bindparam(name) for name in _ENTRY_NAMES}).returning(audit_entries_table.c.id)
-#: the insert compiled once per dialect: (SQL text in the driver's parameter style, positional names or None)
-_DRIVER_SQL: dict[str, tuple[str, tuple[str, ...] | None]] = {}
-
-
-def _driver_sql(dialect: Dialect) -> tuple[str, tuple[str, ...] | None]:
-    found = _DRIVER_SQL.get(dialect.name)
-    if found is None:
-        compiled = _DRIVER_INSERT.compile(dialect=dialect)
-        found = _DRIVER_SQL[dialect.name] = (compiled.string,
-                                             tuple(compiled.positiontup or ()) if compiled.positional else None)
-    return found
+_INSERT_ENTRY = DriverStatement(audit_entries_table.insert().values(
+    {name: bindparam(name) for name in _ENTRY_NAMES}).returning(audit_entries_table.c.id))
 
 
 def append_entry(
@@ -102,18 +91,8 @@ def append_entry(
     conn = session.connection()
     values = {"log": log, "leaf_index": None, "leaf": leaf, "leaf_hash": leaf_hash(leaf).hex(), "event": event,
               "at": at, "message_id": message_id, "peer": peer, "envelope_sha256": envelope_sha256}
-    # compiled once, executed on the driver's cursor inside the connection's transaction: this runs
-    # for every message sent, received and settled, and SQLAlchemy's per-statement work cost more
-    # than the insert itself
-    sql, positions = _driver_sql(conn.dialect)
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    try:
-        cursor.execute(sql, tuple(values[n] for n in positions) if positions is not None else values)
-        row = cursor.fetchone()
-    finally:
-        cursor.close()
-    if row is None:  # an INSERT ... RETURNING always returns its row
-        raise RuntimeError("the audit entry insert returned no id")
+    # on the driver's cursor: this runs for every message sent, received and settled
+    _, row = _INSERT_ENTRY.execute(conn, values)
     return Appended(int(row[0]))
 
 

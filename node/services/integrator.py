@@ -29,7 +29,7 @@ from protocol.merkle import CompactRange
 from protocol.receipts import Receipt, sign_receipt
 
 from ..faults import crash_point
-from ..storage.db import Database
+from ..storage.db import Database, DriverStatement
 from ..storage.models import AuditHead, AuditTree, audit_entries_table, inbox_table
 
 if TYPE_CHECKING:
@@ -111,8 +111,10 @@ def _load_tree(conn: Connection, log: str) -> tuple[bool, CompactRange]:
 _e = audit_entries_table.c
 _PENDING = (select(_e.id, _e.log, _e.leaf_hash, _e.event).where(_e.leaf_index.is_(None)).order_by(_e.id)
             .limit(bindparam("n")))
-_SET_INDEX = audit_entries_table.update().where(_e.id == bindparam("i")).values(leaf_index=bindparam("n"))
-_SET_RECEIPT = inbox_table.update().where(inbox_table.c.seq == bindparam("s")).values(receipt_jws=bindparam("r"))
+_SET_INDEX = DriverStatement(
+    audit_entries_table.update().where(_e.id == bindparam("i")).values(leaf_index=bindparam("n")))
+_SET_RECEIPT = DriverStatement(
+    inbox_table.update().where(inbox_table.c.seq == bindparam("s")).values(receipt_jws=bindparam("r")))
 
 
 def integrate_batch(
@@ -168,9 +170,8 @@ def integrate_batch(
             signed[msg.seq] = sign_receipt(receipt, signer=signer)
             updates.append({"s": msg.seq, "r": signed[msg.seq]})
             receipts.append(msg.seq)
-        if updates:
-            conn.execute(_SET_RECEIPT, updates)
-    conn.execute(_SET_INDEX, sequenced)
+        _SET_RECEIPT.execute_many(conn, updates)
+    _SET_INDEX.execute_many(conn, sequenced)
     session.flush()
     crash_point("integrator_mid_batch")  # tests only: dies before the batch commits
     return BatchResult(len(pending), tuple(receipts), heads, signed)

@@ -27,7 +27,7 @@ from protocol.jose import Signer, decode_protected
 from protocol.keysets import Keyset
 from protocol.rejections import SignedError, sign_error
 
-from ..storage.db import Database
+from ..storage.db import Database, DriverStatement
 
 if TYPE_CHECKING:
     from .integrator import BatchResult
@@ -142,7 +142,10 @@ def open_inbound(
     return opened
 
 
-_INSERT_INBOX = inbox_table.insert().returning(inbox_table.c.seq)
+_INBOX_NAMES = ("sender", "message_id", "envelope_sha256", "envelope", "inner_jws", "kind", "thread", "request",
+                "subject", "body", "iat", "exp", "received_at", "entry_id", "receipt_jws")
+_INSERT_INBOX = DriverStatement(inbox_table.insert().values({n: bindparam(n) for n in _INBOX_NAMES})
+                                .returning(inbox_table.c.seq))
 _HELD = select(inbox_table.c.envelope_sha256).where(inbox_table.c.sender == bindparam("sender"),
                                                    inbox_table.c.message_id == bindparam("message_id"))
 
@@ -160,13 +163,13 @@ def store_inbound_in(session: Session, opened: OpenedEnvelope, raw: bytes, *, no
         return Duplicate(opened.sha256) if held == opened.sha256 else _conflict(session, opened, now=now)
     entry = append_entry(session, event="received", at=now, message_id=c.id, peer=c.iss,
                          envelope_sha256=opened.sha256, details={"kind": c.kind})
-    seq = conn.execute(_INSERT_INBOX, {
+    _, row = _INSERT_INBOX.execute(conn, {
         "sender": c.iss, "message_id": c.id, "envelope_sha256": opened.sha256, "envelope": raw,
         "inner_jws": opened.inner_jws, "kind": c.kind, "thread": c.thread, "request": c.request,
         "subject": c.subject, "body": json.dumps(c.body, ensure_ascii=False), "iat": c.iat, "exp": c.exp,
         "received_at": now, "entry_id": entry.id, "receipt_jws": None,
-    }).scalar_one()
-    return Accepted(seq)
+    })
+    return Accepted(int(row[0]))
 
 
 def _conflict(session: Session, opened: OpenedEnvelope, *, now: int) -> Rejected:

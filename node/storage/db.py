@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -161,3 +162,67 @@ class Checkpointer:
         # replays the WAL on the next open anyway)
         with contextlib.suppress(Exception):
             self._db.checkpoint()
+
+
+class DriverStatement:
+    """A Core statement compiled once per dialect and run on the connection's driver cursor.
+
+    For the few statements every message runs (audit entries, inbox rows, settles): SQLAlchemy's
+    per-execution work (cache key, parameter processing, result set-up) cost more than the
+    statement itself.  Runs inside the connection's transaction like any other statement; driver
+    errors come out as SQLAlchemy's exceptions (``IntegrityError`` ...), parameters hidden.
+    Only for statements whose parameters are plain values (no expanding ``IN`` lists).
+    """
+
+    def __init__(self, statement: Any) -> None:
+        self._statement = statement
+        self._compiled: dict[str, tuple[str, tuple[str, ...] | None, tuple[str, ...], dict[str, Any]]] = {}
+
+    def _sql(self, dialect: Any) -> tuple[str, tuple[str, ...] | None, tuple[str, ...], dict[str, Any]]:
+        found = self._compiled.get(dialect.name)
+        if found is None:
+            compiled = self._statement.compile(dialect=dialect)
+            positions = tuple(compiled.positiontup or ()) if compiled.positional else None
+            # values the statement carries itself (its literals, e.g. ``state == "sending"``)
+            fixed = {k: v for k, v in compiled.params.items() if not compiled.binds[k].required}
+            found = self._compiled[dialect.name] = (compiled.string, positions, tuple(compiled.params), fixed)
+        return found
+
+    @staticmethod
+    def _params(positions: tuple[str, ...] | None, names: tuple[str, ...], fixed: dict[str, Any],
+                values: Mapping[str, Any]) -> Any:
+        merged = {**fixed, **values} if fixed else values
+        if positions is not None:
+            return tuple(merged[n] for n in positions)  # a value left out: KeyError, never a NULL
+        return {n: merged[n] for n in names}  # (named styles too)
+
+    def execute(self, conn: Connection, values: Mapping[str, Any]) -> tuple[int, Any]:
+        """Run once; (rows affected, the first row returned or None)."""
+        sql, positions, names, fixed = self._sql(conn.dialect)
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(sql, self._params(positions, names, fixed, values))
+            row = cursor.fetchone() if cursor.description is not None else None
+            return cursor.rowcount, row
+        except conn.dialect.loaded_dbapi.Error as e:
+            raise _wrapped(conn, sql, e) from e
+        finally:
+            cursor.close()
+
+    def execute_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Run once per item of ``rows`` (the driver's ``executemany``)."""
+        if not rows:
+            return
+        sql, positions, names, fixed = self._sql(conn.dialect)
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.executemany(sql, [self._params(positions, names, fixed, r) for r in rows])
+        except conn.dialect.loaded_dbapi.Error as e:
+            raise _wrapped(conn, sql, e) from e
+        finally:
+            cursor.close()
+
+
+def _wrapped(conn: Connection, sql: str, e: Exception) -> Exception:
+    return DBAPIError.instance(sql, None, e, conn.dialect.loaded_dbapi.Error, hide_parameters=True,
+                               dialect=conn.dialect)
