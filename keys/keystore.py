@@ -368,6 +368,7 @@ class Keystore:
         keep = self._meta.referenced_kids()
         for kid in [k for k in self._keys if k not in keep]:
             del self._keys[kid]
+            self._decryption_keys.pop(kid, None)  # its joserfc form goes with it
         for path in (self.home / KEYS_DIR).glob("*.pem"):
             if path.stem not in keep:
                 remove_file(path)

@@ -57,7 +57,9 @@ class AttachmentRoutes:
         self.duplicate_answer = duplicate_answer
         self.chunk_delay = s.chunk_delay if s.testing else 0.0
         tune_allocator()  # chunk-sized buffers kept for reuse: see there
-        self.chunk_threads = ChunkThreads("comity-chunk")
+        # shared by every sender's transfer (each decrypts, checks and fsyncs a chunk): a few more
+        # than one transfer's two chunks in flight, still few malloc arenas
+        self.chunk_threads = ChunkThreads("comity-chunk", workers=4)
 
     async def pending_answer(self, sha: str) -> Response | None:
         """SPEC §5 step 2 for pending bytes: the 202 pending state again, or None if not pending."""

@@ -111,6 +111,7 @@ def claim_due(session: Session, *, owner: str, now: int, limit: int, skew: int =
     """``claim_due_deliveries`` in the caller's transaction."""
     if expire:
         fail_expired(session, now=now, skew=skew)
+        session.flush()  # the statements below run on the connection: they must see those as failed
     conn = session.connection()
     queries = _DUE_SQLITE if conn.dialect.name == "sqlite" else _DUE_LOCKING
     due = [seq for query in queries  # queued, and sending with a lapsed lease

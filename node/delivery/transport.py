@@ -93,9 +93,11 @@ async def _post_aiohttp(session: Any, endpoint: str, envelope: bytes, *, timeout
     try:
         async with asyncio.timeout(timeout):
             with map_aiohttp_exceptions():
+                # identity: a receipt is small; and a body a proxy compresses anyway is decoded
+                # before the size cap and the parse see it (as httpx does)
                 async with session.post(inbox_url(endpoint), data=envelope, allow_redirects=False,
-                                        auto_decompress=False, compress=False,
-                                        headers={"Content-Type": MEDIA_JOSE,
+                                        compress=False,
+                                        headers={"Content-Type": MEDIA_JOSE, "Accept-Encoding": "identity",
                                                  "Accept": f"{MEDIA_JOSE}, {MEDIA_PROBLEM}"}) as resp:
                     body = bytearray()
                     async for piece in resp.content.iter_any():

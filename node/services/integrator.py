@@ -301,9 +301,13 @@ class IntegratorLoop:
         with self._db.write() as session:
             for job, _fut in jobs:
                 try:
-                    outcomes.append((True, job(session)))
+                    value = job(session)
+                    # its ORM changes written now: the next jobs' Core and driver statements do not
+                    # flush the session, and must see them (a settle's backoff before a claim)
+                    session.flush()
                 except Exception as e:
                     raise _JobFailedError from e
+                outcomes.append((True, value))
             return outcomes, self._integrate(session)
 
     def _one_by_one(self, jobs: list[tuple[Job, Future[Any]]]) -> tuple[list[tuple[bool, Any]], BatchResult]:

@@ -114,7 +114,7 @@ class ChunkThreads:
 
     glibc gives each thread that allocates its own heap (arena); spread over every thread of the
     default executor, chunk-sized buffers would keep a few MiB free in each of them (see
-    ``tune_allocator``).  Two threads serve the two chunks a transfer has in flight.
+    ``tune_allocator``).  Two threads serve the two chunks one transfer has in flight.
     """
 
     def __init__(self, name: str, workers: int = 2) -> None:

@@ -7,11 +7,14 @@ message with every other one (a claim took 160 ms with 4,000 queued).  These tes
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import pytest
-from sqlalchemy import create_engine, insert, text
+from sqlalchemy import create_engine, insert, select, text
 from sqlalchemy.dialects import postgresql
 
-from node.delivery.claims import _DUE_LOCKING, _DUE_SQLITE, ACTIVE, claim_due
+from node.delivery.claims import _DUE_LOCKING, _DUE_SQLITE, ACTIVE, claim_due, settle_retry_in
+from node.services.integrator import IntegratorLoop
 from node.storage.db import Database
 from node.storage.models import outbox_table, peers_table
 
@@ -33,7 +36,7 @@ def test_the_states_are_written_into_the_statement() -> None:
             assert sql.count("%(") == 4  # now (three times) and limit: nothing else is bound
 
 
-def _seed(url: str, n: int) -> None:
+def _seed(url: str, n: int, *, exp: int = NOW + 86400) -> None:
     engine = create_engine(url)
     with engine.begin() as c:
         c.execute(insert(peers_table).values(
@@ -42,7 +45,7 @@ def _seed(url: str, n: int) -> None:
         c.execute(insert(outbox_table), [dict(
             message_id=f"{i:032x}", peer="FR-DACG", kind="note", conversation=f"c{i % (n // 2):031x}",
             inner_jws=b"i", envelope=b"e", envelope_sha256="a" * 64, recipient_kid="k", created_at=NOW,
-            exp=NOW + 86400, state="queued", attempts=0, next_attempt_at=0) for i in range(n)])
+            exp=exp, state="queued", attempts=0, next_attempt_at=0) for i in range(n)])
     engine.dispose()
 
 
@@ -76,3 +79,43 @@ def test_postgresql_generic_plan_uses_the_partial_index(migrated_url: str) -> No
     assert "Index Scan using ix_outbox_due on outbox" in plan, plan  # walked in order, no sort
     assert "Sort" not in plan, plan
     assert "ix_outbox_conversation_active" in plan, plan  # the anti-join looks up one conversation
+
+
+def test_an_expired_message_is_failed_not_claimed(migrated_url: str) -> None:
+    """``fail_expired`` changes ORM rows; the claim's statements run on the connection and must see them."""
+    _seed(migrated_url, 2, exp=NOW - 1000)
+    db = Database(migrated_url)
+    try:
+        with db.write() as session:
+            assert claim_due(session, owner="w1", now=NOW, limit=10, skew=300, expire=True) == []
+        with db.read() as session:
+            rows = session.execute(select(outbox_table.c.state, outbox_table.c.attempts,
+                                          outbox_table.c.lease_owner)).all()
+            events = list(session.execute(text("SELECT event FROM audit_entries ORDER BY id")).scalars())
+        assert [tuple(r) for r in rows] == [("failed", 0, None)] * 2
+        assert events == ["failed", "failed"]
+    finally:
+        db.dispose()
+
+
+def test_a_claim_in_one_batch_sees_the_backoff_set_before_it(migrated_url: str) -> None:
+    """Jobs of one writer batch share a transaction: a settle's ORM changes (the peer's backoff)
+    are visible to the claim that follows it in the same batch."""
+    _seed(migrated_url, 4)
+    db = Database(migrated_url)
+    try:
+        with db.write() as session:
+            first = claim_due(session, owner="w1", now=NOW, limit=1)
+        assert len(first) == 1
+        writer = IntegratorLoop(db, authority="GB-UKCA", signer=lambda: None, clock=lambda: NOW,  # type: ignore[arg-type,return-value]
+                                integrate=False)
+        retry: Future[bool] = Future()
+        claim: Future[list[object]] = Future()
+        writer.run_once([
+            (lambda s: settle_retry_in(s, first[0], owner="w1", category="unreachable", now=NOW, delay=60), retry),
+            (lambda s: claim_due(s, owner="w1", now=NOW, limit=10, expire=False), claim),
+        ])
+        assert retry.result() is True
+        assert claim.result() == []  # the peer backs off: nothing more is sent to it now
+    finally:
+        db.dispose()
