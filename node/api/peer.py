@@ -17,7 +17,7 @@ from ..faults import crash_point
 from ..runtime import Node
 from ..services.audit import append_entry
 from ..services.integrator import StoppedError
-from ..services.peers import peer_lookup
+from ..services.peers import KEYSET_TTL, peer_lookup
 from ..services.receiving import (
     Accepted,
     Duplicate,
@@ -46,7 +46,6 @@ RECEIPT_WAIT = 10.0
 #: The inbox (SPEC §5): answered by ``app._DirectRoutes`` without FastAPI's routing layers.
 INBOX_PATH = "/comity/v1/inbox"
 INLINE_OPEN_BYTES = 64 * 1024
-KEYSET_TTL = 1.0  # a sender's keyset is read again at most this long after it changed
 
 
 def _receipt(body: bytes, *, duplicate: bool) -> Response:

@@ -8,6 +8,7 @@ connection, a timeout) is retryable.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,12 +53,22 @@ def _retry_after(value: str | None) -> int | None:
 
 async def read_capped(resp: httpx.Response, limit: int = MAX_RESPONSE_BYTES) -> bytes | None:
     """The body of a streamed response, or None as soon as it exceeds ``limit``."""
+    return await _capped(resp.aiter_bytes(), limit)
+
+
+async def _capped(pieces: AsyncIterator[bytes], limit: int) -> bytes | None:
     body = bytearray()
-    async for piece in resp.aiter_bytes():
+    async for piece in pieces:
         body += piece
         if len(body) > limit:
             return None
     return bytes(body)
+
+
+def _response(status: int, body: bytes, headers: Mapping[str, str]) -> Response:
+    """A peer's answer as the worker judges it (headers looked up case-insensitively by both clients)."""
+    return Response(status, body, headers.get("content-type", "").split(";")[0].strip(),
+                    _retry_after(headers.get("retry-after")))
 
 
 async def post_envelope(client: httpx.AsyncClient, endpoint: str, envelope: bytes, *,
@@ -75,9 +86,7 @@ async def post_envelope(client: httpx.AsyncClient, endpoint: str, envelope: byte
                 body = await read_capped(resp)
                 if body is None:
                     return TransportFailure("response_too_large")
-                return Response(resp.status_code, body,
-                                resp.headers.get("content-type", "").split(";")[0].strip(),
-                                _retry_after(resp.headers.get("retry-after")))
+                return _response(resp.status_code, body, resp.headers)
     except TimeoutError:
         return TransportFailure("timeout")
     except httpx.HTTPError as e:
@@ -99,14 +108,10 @@ async def _post_aiohttp(session: Any, endpoint: str, envelope: bytes, *, timeout
                                         compress=False,
                                         headers={"Content-Type": MEDIA_JOSE, "Accept-Encoding": "identity",
                                                  "Accept": f"{MEDIA_JOSE}, {MEDIA_PROBLEM}"}) as resp:
-                    body = bytearray()
-                    async for piece in resp.content.iter_any():
-                        body += piece
-                        if len(body) > MAX_RESPONSE_BYTES:
-                            return TransportFailure("response_too_large")
-                    return Response(resp.status, bytes(body),
-                                    resp.headers.get("content-type", "").split(";")[0].strip(),
-                                    _retry_after(resp.headers.get("retry-after")))
+                    body = await _capped(resp.content.iter_any(), MAX_RESPONSE_BYTES)
+                    if body is None:
+                        return TransportFailure("response_too_large")
+                    return _response(resp.status, body, resp.headers)
     except TimeoutError:
         return TransportFailure("timeout")
     except (httpx.HTTPError, aiohttp.ClientError) as e:

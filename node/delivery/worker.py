@@ -26,7 +26,7 @@ from protocol.rejections import verify_error
 
 from ..faults import crash_point
 from ..metrics import NodeMetrics
-from ..services.peers import peer_lookup
+from ..services.peers import KEYSET_TTL, peer_lookup
 from ..storage.db import Database
 from .attachments import ChunkSender
 from .claims import (
@@ -50,7 +50,6 @@ log = structlog.get_logger("comity.delivery")
 T = TypeVar("T")
 
 REFRESH_MIN_INTERVAL = 60.0
-KEYSET_TTL = 1.0  # a peer's keyset is read again at most this long after it changed
 EXPIRY_EVERY = 10.0  # seconds between sweeps for messages past their lifetime
 #: Retryable refusals that concern one message, not the peer as a whole.
 MESSAGE_SCOPED = frozenset({Category.NOT_YET_VALID, Category.UNKNOWN_SIGNING_KEY, Category.SENDER_KEYSET_EXPIRED,

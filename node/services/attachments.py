@@ -246,18 +246,21 @@ class InboundAttachments:
                 if seq > running.expected and self._held < MAX_HELD and running.hold(seq, plaintext):
                     self._held += 1
                 return
-            before = running.held
-            running.feed(seq, plaintext)
-            self._held -= before - running.held
+            self._feed_counted(running, seq, plaintext)
             while running.expected < entry.chunks:
                 nxt = running.expected
                 path = self.blobs.chunk_path(pending.folder, entry.att, nxt)
                 if not path.exists():
                     break
                 token = self.blobs.read_chunk(pending.folder, entry.att, nxt)
-                before = running.held
-                running.feed(nxt, self._open(token, key=key, att=entry.att, seq=nxt, chunks=entry.chunks))
-                self._held -= before - running.held
+                self._feed_counted(running, nxt,
+                                   self._open(token, key=key, att=entry.att, seq=nxt, chunks=entry.chunks))
+
+    def _feed_counted(self, running: RunningDigest, seq: int, plaintext: bytes) -> None:
+        """``running.feed``, keeping the count of held plaintexts (under ``_lock``)."""
+        before = running.held
+        running.feed(seq, plaintext)
+        self._held -= before - running.held
 
     # --- commit --------------------------------------------------------------------------------------
 
@@ -345,14 +348,10 @@ class InboundAttachments:
 
     def _forget(self, pending: Pending) -> None:
         self._uncache(pending.message_id)
-        with self._lock:
-            for a in pending.attachments:
-                running = self._running.pop((pending.envelope_sha256, a.att), None)
-                if running is not None:
-                    self._held -= running.held
+        self._drop_running(pending.envelope_sha256)
 
     def _drop_running(self, envelope_sha256: str) -> None:
-        """Forget the running digests of a message whose attachments are unknown here (expired)."""
+        """Forget the running digests of a message (committed, refused or expired), held plaintexts too."""
         with self._lock:
             for slot in [s for s in self._running if s[0] == envelope_sha256]:
                 self._held -= self._running.pop(slot).held

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar, cast, runtime_checkable
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from sqlalchemy import Connection, Table, bindparam, select, text
+from sqlalchemy import Connection, bindparam, select, text
 from sqlalchemy.orm import Session
 
 from protocol.heads import TreeHead, sign_head
@@ -30,7 +30,7 @@ from protocol.receipts import Receipt, sign_receipt
 
 from ..faults import crash_point
 from ..storage.db import Database, DriverStatement
-from ..storage.models import AuditHead, AuditTree, audit_entries_table, inbox_table
+from ..storage.models import audit_entries_table, audit_heads_table, audit_tree_table, inbox_table
 
 if TYPE_CHECKING:
     from ..metrics import NodeMetrics
@@ -92,12 +92,12 @@ class IntegratorLock:
             self._conn = None
 
 
-_t = cast(Table, AuditTree.__table__).c
+_t = audit_tree_table.c
 _TREE = select(_t.frontier).where(_t.log == bindparam("log"))
-_SAVE_TREE = cast(Table, AuditTree.__table__).update().where(_t.log == bindparam("b_log")).values(
+_SAVE_TREE = audit_tree_table.update().where(_t.log == bindparam("b_log")).values(
     tree_size=bindparam("b_size"), frontier=bindparam("b_frontier"), root=bindparam("b_root"))
-_NEW_TREE = cast(Table, AuditTree.__table__).insert()
-_ADD_HEAD = cast(Table, AuditHead.__table__).insert()
+_NEW_TREE = audit_tree_table.insert()
+_ADD_HEAD = audit_heads_table.insert()
 
 
 def _load_tree(conn: Connection, log: str) -> tuple[bool, CompactRange]:
@@ -130,8 +130,7 @@ def integrate_batch(
     for entry in pending:
         by_log.setdefault(entry.log, []).append(entry)
     heads: dict[str, int] = {}
-    receipts: list[int] = []
-    signed: dict[int, bytes] = {}
+    signed: dict[int, bytes] = {}  # inbox seq -> its receipt
     sequenced: list[dict[str, int]] = []
     for log, entries in by_log.items():
         exists, cr = _load_tree(conn, log)
@@ -161,20 +160,17 @@ def integrate_batch(
             select(i.seq, i.entry_id, i.sender, i.message_id, i.envelope_sha256, i.received_at)
             .where(i.entry_id.in_(list(received)))
         ).all()
-        updates = []
         for msg in rows:
             receipt = Receipt(
                 iss=authority, aud=msg.sender, id=msg.message_id, envelope_sha256=msg.envelope_sha256,
                 received_at=msg.received_at, leaf_index=received[msg.entry_id], tree_size=cr.size, root=root,
             )
             signed[msg.seq] = sign_receipt(receipt, signer=signer)
-            updates.append({"s": msg.seq, "r": signed[msg.seq]})
-            receipts.append(msg.seq)
-        _SET_RECEIPT.execute_many(conn, updates)
+    _SET_RECEIPT.execute_many(conn, [{"s": seq, "r": jws} for seq, jws in signed.items()])
     _SET_INDEX.execute_many(conn, sequenced)
     session.flush()
     crash_point("integrator_mid_batch")  # tests only: dies before the batch commits
-    return BatchResult(len(pending), tuple(receipts), heads, signed)
+    return BatchResult(len(pending), tuple(signed), heads, signed)
 
 
 def integrate_until_idle(db: Database, *, authority: str, signer: Signer, now: int) -> int:

@@ -94,6 +94,10 @@ class PeerKeysets:
             self._held.pop(authority, None)
 
 
+#: How old a keyset read on a hot path (the inbox, receipts) may be: a change is seen within this.
+KEYSET_TTL = 1.0
+
+
 def peer_lookup(db: Database, *, ttl: float = 0.0) -> PeerKeysets:
     """A ``lookup_peer`` reading the current row of each peer (at most ``ttl`` seconds old)."""
     return PeerKeysets(db, ttl=ttl)

@@ -28,11 +28,11 @@ from protocol.keysets import Keyset
 from protocol.rejections import SignedError, sign_error
 
 from ..storage.db import Database, DriverStatement
+from ..storage.models import InboxMessage, RejectionCount, inbox_table
+from .audit import append_entry
 
 if TYPE_CHECKING:
     from .integrator import BatchResult
-from ..storage.models import InboxMessage, RejectionCount, inbox_table
-from .audit import append_entry
 
 
 @dataclass(frozen=True)
@@ -189,11 +189,7 @@ def store_inbound(db: Database, opened: OpenedEnvelope, raw: bytes, *, now: int)
     except IntegrityError:  # another process stored it between our check and our insert
         pass
     with db.write() as session:
-        held = session.execute(
-            select(InboxMessage.envelope_sha256).where(
-                InboxMessage.sender == c.iss, InboxMessage.message_id == c.id
-            )
-        ).scalar()
+        held = session.connection().execute(_HELD, {"sender": c.iss, "message_id": c.id}).scalar()
         if held == opened.sha256 or held is None:
             return Duplicate(opened.sha256)
         return _conflict(session, opened, now=now)

@@ -15,7 +15,7 @@ from operator import itemgetter
 from typing import Any
 
 from protocol.errors import ProtocolError
-from protocol.merkle import EMPTY_ROOT
+from protocol.merkle import EMPTY_ROOT, node_hash
 
 BATCH = 8192  # leaves hashed, checked and folded into the tree at a time (a power of two)
 #: The columns streamed, in this order: the leaf index, the leaf, and every derived column but ``log``
@@ -138,10 +138,6 @@ def first_bad_entry(batch: Sequence[Sequence[Any]], leaves: Sequence[bytes], has
 Frontier = list[tuple[bytes, int]]  # perfect subtrees (root, height), left to right
 
 
-def node_hash(left: bytes, right: bytes) -> bytes:
-    return _sha256(b"\x01" + left + right).digest()
-
-
 def merged(nodes: Frontier) -> Frontier:
     """``nodes`` (perfect subtrees, left to right) with neighbours of equal height joined, as appending
     them one by one to a tree would: the frontier of the tree they cover."""
@@ -178,6 +174,7 @@ class Tree:
         self.levels = [hashes]
         while len(self.levels[-1]) > 1:
             below = self.levels[-1]
+            # ``node_hash`` inlined: this hashes every node of every batch
             self.levels.append([_sha256(b"\x01" + a + b).digest() for a, b in zip(below[0::2], below[1::2],
                                                                                    strict=False)])
 

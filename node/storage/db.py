@@ -98,11 +98,8 @@ class Database:
         On SQLite, the threads of one process queue on a lock of their own before ``BEGIN IMMEDIATE``:
         SQLite's busy handler polls with sleeps of up to 100 ms, a thread lock hands over at once.
         """
-        if not self.sqlite:
-            with self._sessions() as session, session.begin():
-                yield session
-            return
-        with _writer_lock(self.url), self._sessions() as session, session.begin():
+        lock = _writer_lock(self.url) if self.sqlite else contextlib.nullcontext()
+        with lock, self._sessions() as session, session.begin():
             yield session
 
     @contextmanager
@@ -196,33 +193,28 @@ class DriverStatement:
             return tuple(merged[n] for n in positions)  # a value left out: KeyError, never a NULL
         return {n: merged[n] for n in names}  # (named styles too)
 
-    def execute(self, conn: Connection, values: Mapping[str, Any]) -> tuple[int, Any]:
-        """Run once; (rows affected, the first row returned or None)."""
+    @contextmanager
+    def _cursor(self, conn: Connection) -> Iterator[tuple[Any, str, Callable[[Mapping[str, Any]], Any]]]:
+        """The driver cursor, the SQL and the parameter builder; driver errors as SQLAlchemy's."""
         sql, positions, names, fixed = self._sql(conn.dialect)
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            cursor.execute(sql, self._params(positions, names, fixed, values))
-            row = cursor.fetchone() if cursor.description is not None else None
-            return cursor.rowcount, row
+            yield cursor, sql, lambda values: self._params(positions, names, fixed, values)
         except conn.dialect.loaded_dbapi.Error as e:
-            raise _wrapped(conn, sql, e) from e
+            raise DBAPIError.instance(sql, None, e, conn.dialect.loaded_dbapi.Error, hide_parameters=True,
+                                      dialect=conn.dialect) from e
         finally:
             cursor.close()
+
+    def execute(self, conn: Connection, values: Mapping[str, Any]) -> tuple[int, Any]:
+        """Run once; (rows affected, the first row returned or None)."""
+        with self._cursor(conn) as (cursor, sql, params):
+            cursor.execute(sql, params(values))
+            row = cursor.fetchone() if cursor.description is not None else None
+            return cursor.rowcount, row
 
     def execute_many(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """Run once per item of ``rows`` (the driver's ``executemany``)."""
-        if not rows:
-            return
-        sql, positions, names, fixed = self._sql(conn.dialect)
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.executemany(sql, [self._params(positions, names, fixed, r) for r in rows])
-        except conn.dialect.loaded_dbapi.Error as e:
-            raise _wrapped(conn, sql, e) from e
-        finally:
-            cursor.close()
-
-
-def _wrapped(conn: Connection, sql: str, e: Exception) -> Exception:
-    return DBAPIError.instance(sql, None, e, conn.dialect.loaded_dbapi.Error, hide_parameters=True,
-                               dialect=conn.dialect)
+        if rows:
+            with self._cursor(conn) as (cursor, sql, params):
+                cursor.executemany(sql, [params(r) for r in rows])
