@@ -50,16 +50,27 @@ def _write_atomically(path: Path, write: Any) -> None:
 def open_audit(node: Node) -> HeadsFileRecorder:
     """Before ``serve``/``worker``: refuse a database older than the heads held in the home, log settings
     changes, and keep ``HOME/heads/<log>.jws`` up to date after every integrator batch."""
+    from sqlalchemy.exc import IntegrityError
+
     from ..services.access import cli_actor, record_settings
     from ..services.headsfile import HeadsFileRecorder, check_heads_file
 
-    with node.db.write() as session:
-        problems = check_heads_file(session, node.home)
-        if problems:
-            raise EnvironmentError_(
-                "the database is older than the signed heads held in the home (" + "; ".join(problems) + "). "
-                "If it was restored from a backup, run `comity db restored`; otherwise run `comity audit verify`")
-        record_settings(session, node.settings, actor=cli_actor(), at=node.clock())
+    for attempt in (1, 2):
+        try:
+            with node.db.write() as session:
+                problems = check_heads_file(session, node.home)
+                if problems:
+                    raise EnvironmentError_(
+                        "the database is older than the signed heads held in the home (" + "; ".join(problems)
+                        + "). If it was restored from a backup, run `comity db restored`; otherwise run "
+                        "`comity audit verify`")
+                record_settings(session, node.settings, actor=cli_actor(), at=node.clock())
+            break
+        except IntegrityError:
+            # two processes of this node starting together (``serve`` and ``worker``, or two workers on
+            # one PostgreSQL database) recorded the first settings at once: read what the other wrote
+            if attempt == 2:
+                raise
     recorder = HeadsFileRecorder(node.db, node.home)
     node.batch_listeners.append(lambda _result: recorder.notify())  # integrator batches also write the file
     return recorder

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +17,11 @@ from sqlalchemy import select, update
 from structlog.testing import capture_logs
 
 from node.api.app import build_app
+from node.cli.audit_cmds import open_audit
 from node.config import Settings
 from node.delivery.witness import PeerWitness
 from node.runtime import Node
+from node.services.access import record_settings
 from node.services.bundles import read_archive
 from node.services.restore import RedeliveryRequest, sign_redelivery_request
 from node.storage.models import AuditEntry, OutboxMessage, PeerLog, PeerLogFailure
@@ -216,3 +219,33 @@ def test_first_receipts_arriving_together_are_all_witnessed(world: tuple[Side, S
     assert row.status == "ok" and row.tree_size is not None and row.tree_size >= first[0][0]
     with a.db.read() as s:
         assert not list(s.scalars(select(PeerLogFailure)))
+
+
+def test_two_processes_starting_together_both_record_the_settings(world: tuple[Side, Side]) -> None:
+    """``serve`` and ``worker`` (or two workers on PostgreSQL) of one node start at the same moment:
+    both record the first settings.  Here one has inserted them and not committed yet when the other
+    reads; the other's insert then collides, and it reads them again instead of failing."""
+    a, _ = world
+    node = Node(Settings(home=a.home, database_url=a.db.url), a.keystore)
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            open_audit(node)
+        except BaseException as e:  # collected: the assertion below names it
+            errors.append(e)
+
+    try:
+        with a.db.write() as first:
+            record_settings(first, node.settings, actor="cli:first", at=int(time.time()))
+            first.flush()
+            other = threading.Thread(target=start)
+            other.start()
+            time.sleep(0.5)  # the other process reads no rows and waits on the first's inserts
+        other.join(timeout=30)
+    finally:
+        node.close()
+    assert errors == []
+    with a.db.read() as s:
+        events = s.scalars(select(AuditEntry.event).where(AuditEntry.log == "access")).all()
+    assert events.count("settings_recorded") >= 1 and "settings_changed" not in events
