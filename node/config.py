@@ -54,7 +54,7 @@ class Settings:
     message_lifetime: int = 7 * 86400
     envelope_max_bytes: int = 1024 * 1024
     worker_poll: float = 0.5
-    worker_concurrency: int = 32
+    worker_concurrency: int = 128
     http_timeout: float = 30.0
     #: how long a worker's claim on a message lasts; a crashed worker's claims are taken over after it
     lease_seconds: int = 60

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -91,15 +93,22 @@ class Node:
             listener(result)
 
     def start_writer(self, *, integrate: bool) -> IntegratorLoop:
-        """Start the process's group-commit writer; it integrates the logs only if ``integrate`` (this
-        process holds the integrator lock)."""
+        """Make the process's group-commit writer; it integrates the logs only if ``integrate`` (this
+        process holds the integrator lock).  Its batches run on the event loop: bound here if one
+        runs in this thread, else by ``bind_writer`` once the server's loop starts."""
         loop = IntegratorLoop(self.db, authority=self.authority, signer=lambda: self.keystore.signer,
                               clock=self.clock, on_batch=self._on_batch, metrics=self.metrics, integrate=integrate)
-        loop.start()
         self.writer = loop
+        with contextlib.suppress(RuntimeError):  # no running loop
+            self.bind_writer(asyncio.get_running_loop())
         if integrate:
             self.integrator = loop
         return loop
+
+    def bind_writer(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run the writer's batches on ``loop`` (the serving loop, from its thread)."""
+        if self.writer is not None and not self.writer.bound:
+            self.writer.bind(loop)
 
     def start_integrator(self) -> IntegratorLoop:
         """Integrate from now on (the writer is started if it is not running yet)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import ssl
@@ -26,6 +27,7 @@ from .storage.migrate import check_current
 log = structlog.get_logger("comity.server")
 
 INTEGRATOR_RETRY = 5.0
+GC_YOUNG_THRESHOLD = 5_000
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -38,8 +40,18 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
         factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
     except ImportError:
         factory = None
+    _quiet_gc()
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(main)
+
+
+def _quiet_gc() -> None:
+    """Leave what start-up made (modules, SQLAlchemy's metadata, keys) out of every later garbage
+    collection, and collect the young generation less often: a serving node allocates many
+    short-lived objects per message (``perf`` put ~2.5% of the receiver's CPU in the collector)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 
 
 class _Server(uvicorn.Server):
@@ -112,6 +124,8 @@ async def _run(servers: list[_Server], worker: DeliveryWorker | None, node: Node
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, request_stop)
     loop.add_signal_handler(signal.SIGHUP, hup.set)
+    if node is not None:
+        node.bind_writer(loop)  # group commits on this loop, not on a thread (ADR 0008)
     tasks = [asyncio.create_task(s.serve()) for s in servers]
     if worker is not None:
         tasks.append(asyncio.create_task(worker.run(stop)))

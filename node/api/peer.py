@@ -46,6 +46,12 @@ RECEIPT_WAIT = 10.0
 #: The inbox (SPEC §5): answered by ``app._DirectRoutes`` without FastAPI's routing layers.
 INBOX_PATH = "/comity/v1/inbox"
 INLINE_OPEN_BYTES = 64 * 1024
+#: Envelopes opened and stored at once.  A sender's burst is then answered in slices — the first
+#: receipts leave while later envelopes are still being opened — instead of all at the end of one
+#: long round of the event loop; the two nodes work at the same time instead of taking turns
+#: (measured with bench/exchange_bench.py: both processes busy together 3% of the time without it,
+#: over 60% with it; ADR 0008).
+INBOX_SLICE = 32
 
 
 def _receipt(body: bytes, *, duplicate: bool) -> Response:
@@ -59,6 +65,7 @@ def build_peer_router(node: Node) -> APIRouter:
                          max_bytes=node.settings.envelope_max_bytes, max_attachments=node.settings.max_attachments,
                          max_attachment_bytes=node.settings.max_attachment_bytes)
     lookup = peer_lookup(node.db, ttl=KEYSET_TTL)
+    slice_ = asyncio.Semaphore(INBOX_SLICE)
 
     def refusal(category: Category, *, aud: str | None, sha: str | None, detail: str | None = None,
                 retry_after: int | None = None) -> Response:
@@ -135,6 +142,10 @@ def build_peer_router(node: Node) -> APIRouter:
             return refusal(Category.TOO_LARGE, aud=None, sha=None,
                            detail=f"{length} bytes exceed the cap of {limits.max_bytes}")
         raw = await request.body()
+        async with slice_:
+            return await _accept(request, raw)
+
+    async def _accept(request: Request, raw: bytes) -> Response:
         sha = envelope_sha256(raw)
         now = node.clock()
         try:

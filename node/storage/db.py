@@ -21,6 +21,12 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+#: The WAL is written from its start again once it holds this much (``Database.checkpoint``) ...
+WAL_RESTART_BYTES = 16 * 1024 * 1024
+#: ... waiting at most this long for readers to leave it (else the next round tries again).
+WAL_RESTART_WAIT_MS = 200
+#: A WAL left larger than this by a burst is cut back to it when it starts over.
+WAL_SIZE_LIMIT = 2 * WAL_RESTART_BYTES
 
 
 def sqlite_url(home: Path) -> str:
@@ -39,6 +45,7 @@ def _sqlite_pragmas(*, autocheckpoint: bool) -> Callable[[Any, Any], None]:
         cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA journal_mode = WAL")
         cur.execute("PRAGMA synchronous = FULL")
+        cur.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT}")
         cur.execute("PRAGMA foreign_keys = ON")
         if not autocheckpoint:
             cur.execute("PRAGMA wal_autocheckpoint = 0")  # a Checkpointer thread does it, off the commit path
@@ -108,16 +115,35 @@ class Database:
         with self._readers() as session, session.begin():
             yield session
 
-    def checkpoint(self) -> None:
+    def checkpoint(self, *, restart_above: int = WAL_RESTART_BYTES) -> bool:
         """Copy the SQLite WAL back into the database file as far as readers allow (PASSIVE: it never
-        waits for, nor blocks, a reader or the writer)."""
+        waits for, nor blocks, a reader or the writer).  Once the WAL holds more than
+        ``restart_above`` bytes, also make the next commit write it from its start again (RESTART,
+        briefly holding this process's writers back); True if it did.
+
+        Without the restart a busy node's WAL never starts over (some reader is always inside it),
+        grows by every page every commit writes — hundreds of MB in a minute of load — and each
+        commit's sync also has to journal the file's new size."""
         if not self.sqlite:
-            return
+            return False
         raw = self.engine.raw_connection()  # outside any transaction: a checkpoint cannot run inside one
         try:
             cur = raw.cursor()
-            cur.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            _busy, frames, _done = cur.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            page = cur.execute("PRAGMA page_size").fetchone()[0]
+            restarted = False
+            if frames * page > restart_above:
+                # readers still inside the WAL get up to WAL_RESTART_WAIT_MS to leave it; our own
+                # writers wait on the process's lock meanwhile (SQLite's busy handler would sleep)
+                with _writer_lock(self.url):
+                    cur.execute(f"PRAGMA busy_timeout = {WAL_RESTART_WAIT_MS}")
+                    try:
+                        busy = cur.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()[0]
+                        restarted = not busy
+                    finally:
+                        cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
             cur.close()
+            return restarted
         finally:
             raw.close()
 

@@ -187,3 +187,145 @@ def test_threads_of_one_process_queue_for_sqlite_writes(tmp_path: Path) -> None:
         assert _count(db, AuditEntry) == 160
     finally:
         db.dispose()
+
+
+# --- bound to an event loop (how a serving node runs it) -----------------------------------------------
+
+
+def test_on_the_loop_one_round_of_coroutines_shares_one_batch_and_no_thread_starts(db: Database) -> None:
+    batches: list[BatchResult] = []
+    writer = _loop(db, on_batch=batches.append)
+    threads_before = threading.active_count()
+
+    async def main() -> list[int]:
+        writer.bind(asyncio.get_running_loop())
+        try:
+            return list(await asyncio.gather(*(writer.run(_entry(f"r{i}")) for i in range(12))))  # type: ignore[arg-type]
+        finally:
+            writer.stop()
+
+    ids = asyncio.run(main())
+    assert len(set(ids)) == 12
+    assert len(batches) == 1 and batches[0].entries == 12  # one round: one transaction, one signed head
+    assert _count(db, AuditHead) == 1
+    assert threading.active_count() == threads_before  # the batches ran on the loop's own thread
+
+
+def test_on_the_loop_jobs_from_other_threads_and_other_transactions_are_taken(db: Database) -> None:
+    writer = _loop(db, idle_poll=0.05)
+
+    async def main() -> tuple[int, int | None]:
+        writer.bind(asyncio.get_running_loop())
+        try:
+            # a job submitted from a thread wakes the loop (no batch was due)
+            from_thread = await asyncio.to_thread(lambda: writer.submit(_entry("t")).result(timeout=10))  # type: ignore[arg-type]
+            # an entry another transaction wrote is sequenced by an idle round of the loop
+            def elsewhere() -> int:
+                with db.write() as session:
+                    return append_entry(session, event="elsewhere", at=1, peer="FR-DACG").id
+            other = await asyncio.to_thread(elsewhere)
+            for _ in range(100):
+                with db.read() as session:
+                    row = session.get(AuditEntry, other)
+                    if row is not None and row.leaf_index is not None:
+                        return from_thread, row.leaf_index
+                await asyncio.sleep(0.02)
+            return from_thread, None
+        finally:
+            writer.stop()
+
+    entry_id, leaf = asyncio.run(main())
+    assert isinstance(entry_id, int)
+    assert leaf == 1  # sequenced after the thread's entry, without anyone waking the writer
+
+
+def test_on_the_loop_a_waiter_that_gives_up_does_not_hold_up_the_others(db: Database) -> None:
+    writer = _loop(db)
+
+    async def main() -> list[int]:
+        writer.bind(asyncio.get_running_loop())
+        try:
+            doomed = asyncio.ensure_future(writer.run(_entry("abandoned")))  # type: ignore[arg-type]
+            others = [asyncio.ensure_future(writer.run(_entry(f"kept{i}"))) for i in range(3)]  # type: ignore[arg-type]
+            await asyncio.sleep(0)  # every job queued, the batch not run yet
+            doomed.cancel()
+            return list(await asyncio.gather(*others))
+        finally:
+            writer.stop()
+
+    assert len(asyncio.run(main())) == 3
+    assert _count(db, AuditEntry) == 4  # the abandoned job's write still committed with its batch
+
+
+def test_on_the_loop_stop_refuses_new_jobs_and_fails_the_queued_ones(db: Database) -> None:
+    writer = _loop(db)
+
+    async def main() -> None:
+        writer.bind(asyncio.get_running_loop())
+        queued = writer.submit(_entry("queued"))  # type: ignore[arg-type]
+        writer.stop()  # before the loop ran the batch
+        with pytest.raises(StoppedError):
+            queued.result(timeout=1)
+        with pytest.raises(StoppedError):
+            await writer.run(_entry("late"))  # type: ignore[arg-type]
+
+    asyncio.run(main())
+    assert _count(db, AuditEntry) == 0
+
+
+def test_a_writer_on_a_thread_cannot_also_be_bound(db: Database) -> None:
+    writer = _loop(db)
+    writer.start()
+    try:
+        async def main() -> None:
+            writer.bind(asyncio.get_running_loop())
+
+        with pytest.raises(RuntimeError, match="thread"):
+            asyncio.run(main())
+    finally:
+        writer.stop()
+
+
+def test_the_wal_starts_over_once_it_is_large_and_waits_for_no_reader_for_long(tmp_path: Path) -> None:
+    """(Under load some reader is nearly always inside the WAL, so SQLite never starts it over by
+    itself; bench/exchange_bench.py showed it at 500 MB after 15,000 messages without this.)"""
+    url = f"sqlite:///{tmp_path / 'comity.db'}"
+    upgrade_url(url)
+    db = Database(url, autocheckpoint=False)
+    wal = tmp_path / "comity.db-wal"
+
+    def write(n: int) -> None:
+        for i in range(n):
+            with db.write() as session:
+                append_entry(session, event="x", at=i, peer="FR-DACG", details={"reason": "y" * 3000})
+
+    def frames() -> int:
+        raw = sqlite3.connect(tmp_path / "comity.db")
+        try:
+            return int(raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1])
+        finally:
+            raw.close()
+
+    try:
+        write(100)
+        assert not db.checkpoint()  # well below the default threshold: copied back, not restarted
+        assert frames() > 300
+        assert db.checkpoint(restart_above=0)
+        write(3)
+        assert frames() < 40  # the next commits wrote the WAL from its start
+        size = wal.stat().st_size
+        # a reader inside the WAL: the restart gives up after WAL_RESTART_WAIT_MS, raises nothing,
+        # and the process's writers are held back only that long
+        reader = sqlite3.connect(tmp_path / "comity.db")
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM audit_entries").fetchone()
+        write(3)
+        started = time.monotonic()
+        assert not db.checkpoint(restart_above=0)
+        assert time.monotonic() - started < 2.0
+        reader.rollback()
+        reader.close()
+        assert wal.stat().st_size >= size  # (not truncated while a reader needed it)
+        assert db.checkpoint(restart_above=0)
+    finally:
+        db.dispose()
