@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, exists, func, literal, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from ..services.audit import append_entry, sha256_hex
+from ..services.audit import append_entries, append_entry, sha256_hex
 from ..storage.db import Database, DriverStatement
 from ..storage.models import OutboxMessage, Peer, outbox_table, peers_table
 
@@ -121,12 +121,11 @@ def claim_due(session: Session, *, owner: str, now: int, limit: int, skew: int =
         return []
     conn.execute(_CLAIM, {"b_seqs": seqs, "b_lease_until": now + lease, "b_owner": owner})
     rows = conn.execute(_CLAIMED, {"b_seqs": seqs}).all()
-    claims = []
-    for r in rows:
-        claims.append(Claim(r.seq, r.message_id, r.peer, r.endpoint, r.envelope, r.envelope_sha256, r.inner_jws,
-                            r.recipient_kid, r.attempts, r.exp))
-        append_entry(session, event="attempt", at=now, message_id=r.message_id, peer=r.peer,
-                     envelope_sha256=r.envelope_sha256, details={"attempt": r.attempts})
+    claims = [Claim(r.seq, r.message_id, r.peer, r.endpoint, r.envelope, r.envelope_sha256, r.inner_jws,
+                    r.recipient_kid, r.attempts, r.exp) for r in rows]
+    append_entries(session, [dict(event="attempt", at=now, message_id=c.message_id, peer=c.peer,
+                                  envelope_sha256=c.envelope_sha256, details={"attempt": c.attempt})
+                             for c in claims])
     return claims
 
 
@@ -180,7 +179,11 @@ def settle_delivered_in(session: Session, claim: Claim, *, owner: str, receipt_j
     })
     if settled != 1:
         return False  # the lease expired and a newer claim owns the message
-    _PEER_SUCCESS.execute(conn, {"b_peer": claim.peer, "b_now": now})
+    # the peer's success once per transaction and second (a batch settles many messages to one peer)
+    done = session.info.setdefault("peer_success", set())
+    if (claim.peer, now) not in done:
+        _PEER_SUCCESS.execute(conn, {"b_peer": claim.peer, "b_now": now})
+        done.add((claim.peer, now))
     append_entry(session, event="delivered", at=now, message_id=claim.message_id, peer=claim.peer,
                  envelope_sha256=claim.envelope_sha256,
                  details={"receipt_sha256": sha256_hex(receipt_jws), "peer_leaf_index": leaf_index,
@@ -208,6 +211,7 @@ def settle_retry_in(session: Session, claim: Claim, *, owner: str, category: str
         return False
     peer = session.get(Peer, claim.peer, with_for_update=True)
     if peer is not None and per_peer:
+        session.info.get("peer_success", set()).discard((claim.peer, now))  # a later success resets again
         # One round of failures (every message in flight to a peer that is down) counts once:
         # only the first failure after the peer's backoff ended moves the backoff on.
         if peer.next_attempt_at <= now:
