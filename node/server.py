@@ -27,7 +27,6 @@ from .storage.migrate import check_current
 log = structlog.get_logger("comity.server")
 
 INTEGRATOR_RETRY = 5.0
-GC_YOUNG_THRESHOLD = 5_000
 
 
 def run_loop(main: Coroutine[Any, Any, None]) -> None:
@@ -46,12 +45,12 @@ def run_loop(main: Coroutine[Any, Any, None]) -> None:
 
 
 def _quiet_gc() -> None:
-    """Leave what start-up made (modules, SQLAlchemy's metadata, keys) out of every later garbage
-    collection, and collect the young generation less often: a serving node allocates many
-    short-lived objects per message (``perf`` put ~2.5% of the receiver's CPU in the collector)."""
+    """Leave what start-up made (modules, SQLAlchemy's metadata, keys) out of every later full
+    garbage collection (``perf`` put ~2.5% of the receiver's CPU in the collector).  The thresholds
+    stay: collecting the young generation less often let a sender hold ~250 MiB of attachment
+    chunks in garbage cycles awaiting collection (bench/attachments_bench.py)."""
     gc.collect()
     gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
 
 
 class _Server(uvicorn.Server):
