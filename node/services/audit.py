@@ -77,12 +77,9 @@ class Appended(NamedTuple):
 
 
 _ENTRY_NAMES = ("log", "leaf_index", "leaf", "leaf_hash", "event", "at", "message_id", "peer", "envelope_sha256")
-_INSERT_ENTRY = DriverStatement(audit_entries_table.insert().values(
-    {name: bindparam(name) for name in _ENTRY_NAMES}).returning(audit_entries_table.c.id))
-
-
-_INSERT_ENTRIES = DriverStatement(audit_entries_table.insert().values(
-    {name: bindparam(name) for name in _ENTRY_NAMES}))
+_INSERT = audit_entries_table.insert().values({name: bindparam(name) for name in _ENTRY_NAMES})
+_INSERT_ENTRY = DriverStatement(_INSERT.returning(audit_entries_table.c.id))
+_INSERT_ENTRIES = DriverStatement(_INSERT)  # several at once: no ids back
 
 
 def _entry_values(*, event: str, at: int, log: str = "exchange", message_id: str | None = None,

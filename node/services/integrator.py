@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from ..metrics import NodeMetrics
 
 BATCH_MAX = 1000
+RETRY_AFTER_ERROR = 0.5  # seconds before the writer's next round after a failed batch
 _PG_LOCK_KEY = 0x436F6D69  # "Comi"
 
 
@@ -308,12 +309,9 @@ class IntegratorLoop:
         loop = self._loop
         if self._stop.is_set() or loop is None:
             return
-        try:
-            result = self.run_once(self._take())
-            self.last_error = None
-        except Exception as e:  # a transient database error: try again shortly
-            self.last_error = type(e).__name__  # shown on /readyz: never the message (it may quote data)
-            self._idle = loop.call_later(0.5, self._schedule)
+        result = self._batch(self._take())
+        if result is None:
+            self._idle = loop.call_later(RETRY_AFTER_ERROR, self._schedule)
             return
         if result.entries or self._jobs:
             self._schedule()
@@ -347,6 +345,17 @@ class IntegratorLoop:
         with self._jobs_lock:
             n = min(len(self._jobs), self._max_jobs)
             return [self._jobs.popleft() for _ in range(n)]
+
+    def _batch(self, jobs: list[tuple[Job, JobFuture]]) -> BatchResult | None:
+        """``run_once`` for the writer's own rounds: None after a (transient) database error, which
+        stays in ``last_error`` until a batch succeeds; the jobs have their error already."""
+        try:
+            result = self.run_once(jobs)
+        except Exception as e:  # keep integrating after a transient database error
+            self.last_error = type(e).__name__  # shown on /readyz: never the message (it may quote data)
+            return None
+        self.last_error = None
+        return result
 
     def run_once(self, jobs: list[tuple[Job, JobFuture]] | None = None) -> BatchResult:
         jobs = jobs or []
@@ -409,13 +418,10 @@ class IntegratorLoop:
         while not self._stop.is_set():
             self._wake.clear()
             jobs = self._take()
-            try:
-                result = self.run_once(jobs)
-                self.last_error = None
-            except Exception as e:  # keep integrating after a transient database error
-                self.last_error = type(e).__name__  # shown on /readyz: never the message (it may quote data)
+            result = self._batch(jobs)
+            if result is None:
                 result = BatchResult(0, (), {})
-                self._stop.wait(0.5)
+                self._stop.wait(RETRY_AFTER_ERROR)
             if result.entries or jobs or self._jobs:
                 continue  # group commit: the next batch starts as soon as this one committed
             self._wake.wait(self._idle_poll)
