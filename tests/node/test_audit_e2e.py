@@ -18,7 +18,7 @@ from sqlalchemy import select, text, update
 from sqlalchemy.engine import make_url
 
 from keys.keystore import Keystore
-from node.storage.models import AuditEntry, PeerLog
+from node.storage.models import AuditEntry, OutboxMessage, PeerLog
 from tests.conftest import _admin_engine
 from tests.node.audit_world import Side
 from tests.node.harness import NodeHandle, federation
@@ -63,6 +63,17 @@ def verify_file(node: NodeHandle, path: Path, fingerprint: str) -> dict[str, Any
     standalone = tool.verify_file(path.read_bytes(), fingerprint)
     assert json.loads(cli.stdout) == standalone
     return dict(standalone)
+
+
+def receipt_sizes(node: NodeHandle) -> list[int]:
+    """The tree sizes signed in the receipts ``node`` holds."""
+    db = node.database()
+    try:
+        with db.read() as s:
+            return [int(x) for x in s.scalars(select(OutboxMessage.receipt_tree_size)
+                                               .where(OutboxMessage.receipt_tree_size.is_not(None)))]
+    finally:
+        db.dispose()
 
 
 def allow_check(node: NodeHandle) -> None:
@@ -120,7 +131,17 @@ def test_a_rewritten_log_is_caught_by_the_peer_that_witnesses_it(tmp_path: Path,
     with federation(tmp_path, backend, ["GB-UKCA", "FR-DACG"]) as n:
         a, b = n["GB-UKCA"], n["FR-DACG"]
         a.wait_for([a.send("FR-DACG") for _ in range(3)])
-        wait_until(lambda: peers_of(a)["FR-DACG"]["log_tree_size"] is not None, "witnessed")
+        # A must hold B's newest commitment before B is rewritten. Were A still holding an older one (the
+        # receipts' sizes here are 3, 4, 5, in any order), its next check could be 4 -> 5: a proof made of
+        # leaf 4 alone, untouched by the rewrite, which passes and spends the once-a-minute check that
+        # allow_check grants below, so the commitment that does expose the rewrite would wait 60 s.
+        # (allow_check while waiting: a 3 -> 4 check just made would hold 5 back for a minute too)
+        newest = max(receipt_sizes(a))
+
+        def witnessed() -> bool:
+            allow_check(a)
+            return bool(peers_of(a)["FR-DACG"]["log_tree_size"] == newest)
+        wait_until(witnessed, f"witnessed up to size {newest}")
         b.stop()
         side = Side("FR-DACG", b.home, Keystore.open(b.home, None), b.database())
         # entry 1 (A pinned) lies inside every commitment A holds; every hash, column and head after it is
