@@ -204,7 +204,6 @@ class AuditEntry(Base):
 
     __table_args__ = (
         UniqueConstraint("log", "leaf_index", name="uq_audit_entries_log_index"),
-        Index("ix_audit_entries_pending", "log", "leaf_index", "id"),
         Index("ix_audit_entries_envelope", "envelope_sha256"),
         # the integrator's queue: entries not sequenced yet, in order
         Index("ix_audit_entries_unsequenced", "id", sqlite_where=text("leaf_index IS NULL"),
