@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, exists, func, literal, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from ..services.audit import append_entries, append_entry, sha256_hex
+from ..services.audit import append_entries, append_entry, entry_for_each, entry_params, sha256_hex
 from ..storage.db import Database, DriverStatement
 from ..storage.models import OutboxMessage, Peer, outbox_table, peers_table
 
@@ -143,14 +143,18 @@ _CLAIMED = (
     .join_from(outbox_table, peers_table, peers_table.c.authority == _o.peer)
     .where(_o.seq.in_(bindparam("b_seqs", expanding=True))).order_by(_o.seq)
 )
-_SETTLE_DELIVERED = DriverStatement(outbox_table.update().where(
+_SETTLE_DELIVERED_ROW = outbox_table.update().where(
     # still ours (as in ``_owned``)
     _o.seq == bindparam("b_seq"), _o.state == "sending", _o.lease_owner == bindparam("b_owner"),
     _o.attempts == bindparam("b_attempt"),
 ).values(state="delivered", lease_until=None, lease_owner=None, delivered_at=bindparam("b_now"),
          receipt_jws=bindparam("b_receipt"), receipt_received_at=bindparam("b_received_at"),
          receipt_leaf_index=bindparam("b_leaf_index"), receipt_tree_size=bindparam("b_tree_size"),
-         receipt_root=bindparam("b_root")))
+         receipt_root=bindparam("b_root"))
+_SETTLE_DELIVERED = DriverStatement(_SETTLE_DELIVERED_ROW)
+#: PostgreSQL: the settle and its ``delivered`` entry in one statement (the entry only if it settled)
+_SETTLE_DELIVERED_WITH_ENTRY = DriverStatement(
+    entry_for_each(_SETTLE_DELIVERED_ROW.returning(_o.seq).cte("settled")))
 _PEER_SUCCESS = DriverStatement(peers_table.update().where(peers_table.c.authority == bindparam("b_peer")).values(
     failures=0, next_attempt_at=0, last_success_at=bindparam("b_now")))
 
@@ -173,10 +177,19 @@ def settle_delivered_in(session: Session, claim: Claim, *, owner: str, receipt_j
                         leaf_index: int, tree_size: int, root: str, now: int) -> bool:
     # plain UPDATEs (no ORM load of the row and its envelope): this runs for every message delivered
     conn = session.connection()
-    settled, _ = _SETTLE_DELIVERED.execute(conn, {
+    values = {
         "b_seq": claim.seq, "b_owner": owner, "b_attempt": claim.attempt, "b_now": now, "b_receipt": receipt_jws,
         "b_received_at": received_at, "b_leaf_index": leaf_index, "b_tree_size": tree_size, "b_root": root,
-    })
+    }
+    entry: dict[str, Any] = {"event": "delivered", "at": now, "message_id": claim.message_id, "peer": claim.peer,
+             "envelope_sha256": claim.envelope_sha256,
+             "details": {"receipt_sha256": sha256_hex(receipt_jws), "peer_leaf_index": leaf_index,
+                         "peer_tree_size": tree_size, "peer_root": root, "attempt": claim.attempt}}
+    together = conn.dialect.name == "postgresql"
+    if together:
+        settled, _ = _SETTLE_DELIVERED_WITH_ENTRY.execute(conn, {**values, **entry_params(**entry)})
+    else:
+        settled, _ = _SETTLE_DELIVERED.execute(conn, values)
     if settled != 1:
         return False  # the lease expired and a newer claim owns the message
     # the peer's success once per transaction and second (a batch settles many messages to one peer)
@@ -184,10 +197,8 @@ def settle_delivered_in(session: Session, claim: Claim, *, owner: str, receipt_j
     if (claim.peer, now) not in done:
         _PEER_SUCCESS.execute(conn, {"b_peer": claim.peer, "b_now": now})
         done.add((claim.peer, now))
-    append_entry(session, event="delivered", at=now, message_id=claim.message_id, peer=claim.peer,
-                 envelope_sha256=claim.envelope_sha256,
-                 details={"receipt_sha256": sha256_hex(receipt_jws), "peer_leaf_index": leaf_index,
-                          "peer_tree_size": tree_size, "peer_root": root, "attempt": claim.attempt})
+    if not together:
+        append_entry(session, **entry)
     return True
 
 

@@ -10,13 +10,13 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam
+from sqlalchemy import FromClause, Insert, bindparam, select
 from sqlalchemy.orm import Session
 
 from protocol.merkle import leaf_hash
 from protocol.strictjson import canonical, parse_object
 
-from ..storage.db import DriverStatement
+from ..storage.db import DriverStatement, ManyRows, unnest_arrays
 from ..storage.models import audit_entries_table
 
 LOGS = ("exchange", "access")
@@ -77,9 +77,34 @@ class Appended(NamedTuple):
 
 
 _ENTRY_NAMES = ("log", "leaf_index", "leaf", "leaf_hash", "event", "at", "message_id", "peer", "envelope_sha256")
+_ROW_NAMES = tuple(n for n in _ENTRY_NAMES if n != "leaf_index")  # an entry's row: sequenced later
 _INSERT = audit_entries_table.insert().values({name: bindparam(name) for name in _ENTRY_NAMES})
 _INSERT_ENTRY = DriverStatement(_INSERT.returning(audit_entries_table.c.id))
-_INSERT_ENTRIES = DriverStatement(_INSERT)  # several at once: no ids back
+# several at once, no ids back; on PostgreSQL one statement over arrays, rows taken in the order given
+_ROWS = unnest_arrays({n: audit_entries_table.c[n].type for n in _ROW_NAMES}, ordinality="ord")
+_INSERT_ENTRIES = ManyRows(_INSERT, audit_entries_table.insert().from_select(
+    list(_ROW_NAMES), select(*(_ROWS.c[n] for n in _ROW_NAMES)).order_by(_ROWS.c.ord)), _ROW_NAMES)
+#: A message's row and its entry in one PostgreSQL statement (no round trip between them): the
+#: entry's values bound as ``e_<column>`` (``entry_params``).  ``ENTRY_CTE`` inserts it first and
+#: yields its ``id``; ``entry_for_each(source)`` inserts it once per row of ``source`` (none if none).
+ENTRY_CTE = audit_entries_table.insert().values(
+    {n: bindparam(f"e_{n}", type_=audit_entries_table.c[n].type) for n in _ROW_NAMES}
+).returning(audit_entries_table.c.id).cte("entry")
+
+
+def entry_for_each(source: FromClause) -> Insert:
+    return audit_entries_table.insert().from_select(
+        list(_ROW_NAMES),
+        select(*(bindparam(f"e_{n}", type_=audit_entries_table.c[n].type) for n in _ROW_NAMES)).select_from(source))
+
+
+def entry_params(*, event: str, at: int, log: str = "exchange", message_id: str | None = None,
+                 peer: str | None = None, envelope_sha256: str | None = None,
+                 details: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """``append_entry``'s values for ``ENTRY_CTE`` and ``entry_for_each``."""
+    values = _entry_values(event=event, at=at, log=log, message_id=message_id, peer=peer,
+                           envelope_sha256=envelope_sha256, details=details)
+    return {f"e_{n}": values[n] for n in _ROW_NAMES}
 
 
 def _entry_values(*, event: str, at: int, log: str = "exchange", message_id: str | None = None,
@@ -104,11 +129,11 @@ def append_entry(
 
 
 def append_entries(session: Session, entries: Sequence[Mapping[str, Any]]) -> None:
-    """``append_entry`` for several entries (keyword arguments each) in one driver call, their ids
-    not returned: one round trip on PostgreSQL (psycopg pipelines it), no Python loop on SQLite.
-    They get their rows, and later their leaf indices, in the order given."""
+    """``append_entry`` for several entries (keyword arguments each), their ids not returned: one
+    statement on PostgreSQL, one driver call on SQLite.  They get their rows, and later their leaf
+    indices, in the order given."""
     if entries:
-        _INSERT_ENTRIES.execute_many(session.connection(), [_entry_values(**e) for e in entries])
+        _INSERT_ENTRIES.execute(session.connection(), [_entry_values(**e) for e in entries])
 
 
 def sha256_hex(data: bytes) -> str:

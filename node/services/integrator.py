@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from sqlalchemy import Connection, bindparam, select, text
+from sqlalchemy import BigInteger, Connection, LargeBinary, bindparam, select, text
 from sqlalchemy.orm import Session
 
 from protocol.heads import TreeHead, sign_head
@@ -30,7 +30,7 @@ from protocol.merkle import CompactRange
 from protocol.receipts import Receipt, sign_receipt
 
 from ..faults import crash_point
-from ..storage.db import Database, DriverStatement
+from ..storage.db import Database, ManyRows, unnest_arrays
 from ..storage.models import audit_entries_table, audit_heads_table, audit_tree_table, inbox_table
 
 if TYPE_CHECKING:
@@ -113,10 +113,15 @@ def _load_tree(conn: Connection, log: str) -> tuple[bool, CompactRange]:
 _e = audit_entries_table.c
 _PENDING = (select(_e.id, _e.log, _e.leaf_hash, _e.event).where(_e.leaf_index.is_(None)).order_by(_e.id)
             .limit(bindparam("n")))
-_SET_INDEX = DriverStatement(
-    audit_entries_table.update().where(_e.id == bindparam("i")).values(leaf_index=bindparam("n")))
-_SET_RECEIPT = DriverStatement(
-    inbox_table.update().where(inbox_table.c.seq == bindparam("s")).values(receipt_jws=bindparam("r")))
+# every entry of a batch, and every receipt: one statement each on PostgreSQL (ManyRows)
+_INDICES = unnest_arrays({"i": BigInteger(), "n": BigInteger()})
+_SET_INDEX = ManyRows(
+    audit_entries_table.update().where(_e.id == bindparam("i")).values(leaf_index=bindparam("n")),
+    audit_entries_table.update().where(_e.id == _INDICES.c.i).values(leaf_index=_INDICES.c.n), ("i", "n"))
+_RECEIPTS = unnest_arrays({"s": BigInteger(), "r": LargeBinary()})
+_SET_RECEIPT = ManyRows(
+    inbox_table.update().where(inbox_table.c.seq == bindparam("s")).values(receipt_jws=bindparam("r")),
+    inbox_table.update().where(inbox_table.c.seq == _RECEIPTS.c.s).values(receipt_jws=_RECEIPTS.c.r), ("s", "r"))
 
 
 def integrate_batch(
@@ -168,8 +173,8 @@ def integrate_batch(
                 received_at=msg.received_at, leaf_index=received[msg.entry_id], tree_size=cr.size, root=root,
             )
             signed[msg.seq] = sign_receipt(receipt, signer=signer)
-    _SET_RECEIPT.execute_many(conn, [{"s": seq, "r": jws} for seq, jws in signed.items()])
-    _SET_INDEX.execute_many(conn, sequenced)
+    _SET_RECEIPT.execute(conn, [{"s": seq, "r": jws} for seq, jws in signed.items()])
+    _SET_INDEX.execute(conn, sequenced)
     session.flush()
     crash_point("integrator_mid_batch")  # tests only: dies before the batch commits
     return BatchResult(len(pending), tuple(signed), heads, signed)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from joserfc.jwk import OKPKey
 from sqlalchemy import bindparam, select
@@ -29,7 +29,7 @@ from protocol.rejections import SignedError, sign_error
 
 from ..storage.db import Database, DriverStatement
 from ..storage.models import InboxMessage, RejectionCount, inbox_table
-from .audit import append_entry
+from .audit import ENTRY_CTE, append_entry, entry_params
 
 if TYPE_CHECKING:
     from .integrator import BatchResult
@@ -146,6 +146,13 @@ _INBOX_NAMES = ("sender", "message_id", "envelope_sha256", "envelope", "inner_jw
                 "subject", "body", "iat", "exp", "received_at", "entry_id", "receipt_jws")
 _INSERT_INBOX = DriverStatement(inbox_table.insert().values({n: bindparam(n) for n in _INBOX_NAMES})
                                 .returning(inbox_table.c.seq))
+# on PostgreSQL the row and its ``received`` entry in one statement (the entry's id read in the database)
+# (no receipt yet: a NULL bound without a type would reach the bytea column as text)
+_STORE_ROW_NAMES = tuple(n for n in _INBOX_NAMES if n not in ("entry_id", "receipt_jws"))
+_INSERT_INBOX_WITH_ENTRY = DriverStatement(inbox_table.insert().from_select(
+    [*_STORE_ROW_NAMES, "entry_id"],
+    select(*(bindparam(n, type_=inbox_table.c[n].type) for n in _STORE_ROW_NAMES), ENTRY_CTE.c.id),
+).returning(inbox_table.c.seq))
 _HELD = select(inbox_table.c.envelope_sha256).where(inbox_table.c.sender == bindparam("sender"),
                                                    inbox_table.c.message_id == bindparam("message_id"))
 
@@ -161,14 +168,18 @@ def store_inbound_in(session: Session, opened: OpenedEnvelope, raw: bytes, *, no
     held = conn.execute(_HELD, {"sender": c.iss, "message_id": c.id}).scalar() if check_held else None
     if held is not None:
         return Duplicate(opened.sha256) if held == opened.sha256 else _conflict(session, opened, now=now)
-    entry = append_entry(session, event="received", at=now, message_id=c.id, peer=c.iss,
-                         envelope_sha256=opened.sha256, details={"kind": c.kind})
-    _, row = _INSERT_INBOX.execute(conn, {
+    entry: dict[str, Any] = {"event": "received", "at": now, "message_id": c.id, "peer": c.iss,
+                             "envelope_sha256": opened.sha256, "details": {"kind": c.kind}}
+    values = {
         "sender": c.iss, "message_id": c.id, "envelope_sha256": opened.sha256, "envelope": raw,
         "inner_jws": opened.inner_jws, "kind": c.kind, "thread": c.thread, "request": c.request,
         "subject": c.subject, "body": json.dumps(c.body, ensure_ascii=False), "iat": c.iat, "exp": c.exp,
-        "received_at": now, "entry_id": entry.id, "receipt_jws": None,
-    })
+        "received_at": now, "receipt_jws": None,
+    }
+    if conn.dialect.name == "postgresql":
+        _, row = _INSERT_INBOX_WITH_ENTRY.execute(conn, {**values, **entry_params(**entry)})
+    else:
+        _, row = _INSERT_INBOX.execute(conn, {**values, "entry_id": append_entry(session, **entry).id})
     return Accepted(int(row[0]))
 
 

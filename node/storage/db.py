@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
@@ -244,3 +245,33 @@ class DriverStatement:
         if rows:
             with self._cursor(conn) as (cursor, sql, params):
                 cursor.executemany(sql, [params(r) for r in rows])
+
+
+def unnest_arrays(types: Mapping[str, Any], *, ordinality: str | None = None) -> Any:
+    """``unnest(:a, :b, ...) AS u(a, b, ...)``: one array parameter per name (PostgreSQL), its
+    elements of the type given; with ``ordinality``, a last column numbering the rows from 1."""
+    fn = func.unnest(*(bindparam(n, type_=ARRAY(t)) for n, t in types.items()))
+    return fn.table_valued(*types, with_ordinality=ordinality).render_derived(name="u")
+
+
+class ManyRows:
+    """One statement for many rows' parameters where the database can take them at once.
+
+    On PostgreSQL, ``arrays`` runs once with one array per parameter name (an ``UPDATE ... FROM
+    unnest(...)`` or ``INSERT ... SELECT ... FROM unnest(...)``): one statement planned and run,
+    where the driver's ``executemany`` of ``each`` would run one per row.  Elsewhere (SQLite, in
+    process: no round trips to save) ``each`` runs once per row.
+    """
+
+    def __init__(self, each: Any, arrays: Any, names: Sequence[str]) -> None:
+        self._each = DriverStatement(each)
+        self._arrays = DriverStatement(arrays)
+        self._names = tuple(names)
+
+    def execute(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+        if not rows:
+            return
+        if conn.dialect.name == "postgresql":
+            self._arrays.execute(conn, {n: [r[n] for r in rows] for n in self._names})
+        else:
+            self._each.execute_many(conn, rows)

@@ -1,0 +1,84 @@
+"""Statements for many rows (ManyRows) and a row written with its audit entry in one statement
+(PostgreSQL): the same rows, order and outcomes as one statement per row (SQLite), on both."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from sqlalchemy import bindparam, select
+
+from node.delivery.claims import claim_due_deliveries, settle_delivered
+from node.services.audit import append_entries
+from node.services.sending import Draft, queue_message
+from node.storage.db import Database, DriverStatement, ManyRows, unnest_arrays
+from node.storage.models import AuditEntry, OutboxMessage, peers_table
+from tests.node.audit_world import two_sides
+
+_p = peers_table.c
+_ADD = DriverStatement(peers_table.insert().values(
+    authority=bindparam("a"), endpoint="https://127.0.0.1:1", failures=0, next_attempt_at=0, name=bindparam("a"),
+    fingerprint="f", chain=b"", keyset_version=1, pinned_at=0, updated_at=0, refreshed_at=0, expires_at=0))
+_ARRAYS = unnest_arrays({"a": _p.authority.type, "n": _p.failures.type})
+_SET_FAILURES = ManyRows(
+    peers_table.update().where(_p.authority == bindparam("a")).values(failures=bindparam("n")),
+    peers_table.update().where(_p.authority == _ARRAYS.c.a).values(failures=_ARRAYS.c.n), ("a", "n"))
+
+
+def test_many_rows_update_each_row_by_its_key(migrated_url: str) -> None:
+    db = Database(migrated_url)
+    try:
+        with db.write() as session:
+            conn = session.connection()
+            _ADD.execute_many(conn, [{"a": a} for a in ("FR-DACG", "DE-BMJ", "IT-MG")])
+            _SET_FAILURES.execute(conn, [{"a": "IT-MG", "n": 7}, {"a": "FR-DACG", "n": 2}, {"a": "XX-NONE", "n": 9}])
+            _SET_FAILURES.execute(conn, [])  # nothing to do: no statement
+        with db.read() as session:
+            rows = dict(session.execute(select(_p.authority, _p.failures)).all())
+        assert rows == {"FR-DACG": 2, "DE-BMJ": 0, "IT-MG": 7}
+    finally:
+        db.dispose()
+
+
+def test_entries_appended_together_keep_the_order_given(migrated_url: str) -> None:
+    db = Database(migrated_url)
+    try:
+        events = [f"e{i:03d}" for i in range(300)]
+        with db.write() as session:
+            append_entries(session, [dict(event=e, at=1_800_000_000 + i, message_id=None if i % 3 else f"m{i}")
+                                     for i, e in enumerate(events)])
+        with db.read() as session:
+            rows = session.execute(select(AuditEntry.event, AuditEntry.message_id, AuditEntry.leaf_index)
+                                   .order_by(AuditEntry.id)).all()
+        assert [r.event for r in rows] == events
+        assert [r.message_id for r in rows] == [None if i % 3 else f"m{i}" for i in range(300)]
+        assert {r.leaf_index for r in rows} == {None}  # sequenced later, by the integrator
+    finally:
+        db.dispose()
+
+
+def test_a_settle_whose_lease_was_lost_writes_no_entry(tmp_path: Path, backend: str) -> None:
+    with two_sides(tmp_path, backend) as (a, b):
+        now = int(time.time())
+        with a.db.write() as session:
+            queue_message(session, Draft(to=b.authority, kind="note", subject="s", body="b"), me=a.authority,
+                          signer=a.keystore.signer, message_id=os.urandom(16).hex(), now=now, lifetime=86400,
+                          max_bytes=1 << 20)
+        [claim] = claim_due_deliveries(a.db, owner="worker-1", now=now, limit=10)
+        receipt = dict(receipt_jws=b"receipt", received_at=now, leaf_index=4, tree_size=5, root="ab" * 32, now=now)
+
+        def delivered() -> list[AuditEntry]:
+            with a.db.read() as session:
+                return list(session.scalars(select(AuditEntry).where(AuditEntry.event == "delivered")))
+
+        assert settle_delivered(a.db, claim, owner="worker-2", **receipt) is False  # another worker's claim
+        assert delivered() == []
+        assert settle_delivered(a.db, claim, owner="worker-1", **receipt) is True
+        assert settle_delivered(a.db, claim, owner="worker-1", **receipt) is False  # settled already
+        [entry] = delivered()
+        assert entry.message_id == claim.message_id and entry.peer == b.authority
+        assert entry.envelope_sha256 == claim.envelope_sha256 and b'"peer_tree_size":5' in entry.leaf
+        with a.db.read() as session:
+            row = session.get_one(OutboxMessage, claim.seq)
+            assert (row.state, row.receipt_tree_size, row.receipt_leaf_index) == ("delivered", 5, 4)
