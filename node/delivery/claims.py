@@ -2,12 +2,14 @@
 
 No transaction is held during HTTP.  A claim sets a lease (``lease_seconds``, default 60 s); an expired lease is
 claimable again.  At most one message is in flight per conversation (peer + thread or
-request), so conversations stay in order; a peer in backoff holds up only its own messages.
+request), so conversations stay in order; a peer in backoff holds up only its own messages, and
+a peer slow to answer holds at most its share of a worker's slots (``DeliveryWorker``).
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,10 +68,11 @@ def _const(value: str | int) -> Any:
     return literal(value, literal_execute=True)
 
 
-def _due_query(state: str, now: Any, limit: Any, skip_locked: bool) -> Any:
+def _due_query(state: str, now: Any, limit: Any, skip_locked: bool, excluding: bool = False) -> Any:
     """Due messages in one state, oldest first.  One state per query so that the index on
     (state, seq, ...) yields them in order and the scan stops after ``limit`` (an IN over two
-    states would sort every active message, every claim)."""
+    states would sort every active message, every claim).  ``excluding``: not to the peers bound
+    as ``b_exclude`` (peers holding their share of the worker's slots)."""
     earlier = aliased(OutboxMessage)
     q = (
         select(OutboxMessage.seq)
@@ -93,29 +96,39 @@ def _due_query(state: str, now: Any, limit: Any, skip_locked: bool) -> Any:
         .order_by(OutboxMessage.state, OutboxMessage.seq)
         .limit(limit)
     )
+    if excluding:
+        q = q.where(OutboxMessage.peer.not_in(bindparam("b_exclude", expanding=True)))
     if skip_locked:
         q = q.with_for_update(of=OutboxMessage, skip_locked=True)
     return q
 
 
 def claim_due_deliveries(db: Database, *, owner: str, now: int, limit: int, skew: int = 300,
-                         lease: int = LEASE_SECONDS, expire: bool = True) -> list[Claim]:
+                         lease: int = LEASE_SECONDS, expire: bool = True, exclude: Collection[str] = ()
+                         ) -> list[Claim]:
     """Claim up to ``limit`` due messages for ``owner`` for ``lease`` seconds (``FOR UPDATE SKIP LOCKED``
-    on PostgreSQL); with ``expire``, first end the messages past their lifetime."""
+    on PostgreSQL), none to the peers in ``exclude``; with ``expire``, first end the messages past
+    their lifetime."""
     with db.write() as session:
-        return claim_due(session, owner=owner, now=now, limit=limit, skew=skew, lease=lease, expire=expire)
+        return claim_due(session, owner=owner, now=now, limit=limit, skew=skew, lease=lease, expire=expire,
+                         exclude=exclude)
 
 
 def claim_due(session: Session, *, owner: str, now: int, limit: int, skew: int = 300, lease: int = LEASE_SECONDS,
-              expire: bool = True) -> list[Claim]:
+              expire: bool = True, exclude: Collection[str] = ()) -> list[Claim]:
     """``claim_due_deliveries`` in the caller's transaction."""
     if expire:
         fail_expired(session, now=now, skew=skew)
         session.flush()  # the statements below run on the connection: they must see those as failed
     conn = session.connection()
-    queries = _DUE_SQLITE if conn.dialect.name == "sqlite" else _DUE_LOCKING
+    params: dict[str, Any] = {"b_now": now, "b_limit": limit}
+    if exclude:  # (rare: a peer holds its share of the slots; the usual claim keeps its one plan)
+        params["b_exclude"] = sorted(exclude)
+        queries = _DUE_SQLITE_EXCLUDING if conn.dialect.name == "sqlite" else _DUE_LOCKING_EXCLUDING
+    else:
+        queries = _DUE_SQLITE if conn.dialect.name == "sqlite" else _DUE_LOCKING
     due = [seq for query in queries  # queued, and sending with a lapsed lease
-           for seq in conn.execute(query, {"b_now": now, "b_limit": limit}).scalars()]
+           for seq in conn.execute(query, params).scalars()]
     seqs = sorted(due)[:limit]
     if not seqs:
         return []
@@ -134,6 +147,10 @@ _o = outbox_table.c
 # running them): the due messages per state, without and with row locks (PostgreSQL)
 _DUE_SQLITE = tuple(_due_query(s, bindparam("b_now"), bindparam("b_limit"), skip_locked=False) for s in ACTIVE)
 _DUE_LOCKING = tuple(_due_query(s, bindparam("b_now"), bindparam("b_limit"), skip_locked=True) for s in ACTIVE)
+_DUE_SQLITE_EXCLUDING = tuple(_due_query(s, bindparam("b_now"), bindparam("b_limit"), skip_locked=False,
+                                         excluding=True) for s in ACTIVE)
+_DUE_LOCKING_EXCLUDING = tuple(_due_query(s, bindparam("b_now"), bindparam("b_limit"), skip_locked=True,
+                                          excluding=True) for s in ACTIVE)
 _CLAIM = outbox_table.update().where(_o.seq.in_(bindparam("b_seqs", expanding=True))).values(
     state="sending", lease_until=bindparam("b_lease_until"), lease_owner=bindparam("b_owner"),
     attempts=_o.attempts + 1)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -50,6 +51,10 @@ log = structlog.get_logger("comity.delivery")
 T = TypeVar("T")
 
 REFRESH_MIN_INTERVAL = 60.0
+#: The share of the worker's slots (``concurrency``) one peer's deliveries may hold: a peer that
+#: accepts connections and answers slowly (or never, until the attempt's timeout) leaves the rest
+#: to the other peers' messages instead of holding up every state's requests behind its own.
+PEER_SHARE = 0.75
 EXPIRY_EVERY = 10.0  # seconds between sweeps for messages past their lifetime
 #: Retryable refusals that concern one message, not the peer as a whole.
 MESSAGE_SCOPED = frozenset({Category.NOT_YET_VALID, Category.UNKNOWN_SIGNING_KEY, Category.SENDER_KEYSET_EXPIRED,
@@ -90,6 +95,10 @@ class DeliveryWorker:
         self.metrics = metrics
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task[None]] = set()
+        #: deliveries in flight per peer, and the most one peer may have (PEER_SHARE)
+        self._peer_load: Counter[str] = Counter()
+        self._task_peer: dict[asyncio.Task[None], str] = {}
+        self.peer_cap = max(1, int(concurrency * PEER_SHARE))
         self._last_refresh: dict[str, float] = {}
         self._keyset = peer_lookup(db, ttl=KEYSET_TTL)  # the keyset held for a peer
         self._next_expiry = 0.0
@@ -123,9 +132,10 @@ class DeliveryWorker:
                     if expire:
                         self._next_expiry = time.monotonic() + EXPIRY_EVERY
                     try:
+                        limit, busy = self._claim_room(free)
                         claims = await self._write(
-                            claim_due, owner=self.owner, now=self.clock(), limit=free, skew=self.skew,
-                            lease=self.lease, expire=expire,
+                            claim_due, owner=self.owner, now=self.clock(), limit=limit, skew=self.skew,
+                            lease=self.lease, expire=expire, exclude=busy,
                         )
                         if claims:
                             crash_point("after_claim_commit")  # tests only
@@ -135,6 +145,8 @@ class DeliveryWorker:
                     for claim in claims:
                         task = asyncio.create_task(self._deliver(client, claim))
                         self._in_flight.add(task)
+                        self._peer_load[claim.peer] += 1
+                        self._task_peer[task] = claim.peer
                         task.add_done_callback(self._done)
                     if claims and len(self._in_flight) < self.concurrency:
                         continue
@@ -144,8 +156,24 @@ class DeliveryWorker:
                 await asyncio.wait(self._in_flight, timeout=self.timeout)
             await witness
 
+    def _claim_room(self, free: int) -> tuple[int, set[str]]:
+        """How many messages the next claim may take, and the peers it must leave out, so that no
+        peer exceeds ``peer_cap`` deliveries in flight.  A peer within a quarter window of its cap
+        sits this claim out; the claim then takes at most what the busiest remaining peer has room
+        for: a quarter window at least (claims stay batches), as a busy peer's room is counted
+        from a quarter window below its cap."""
+        quarter = max(1, self.concurrency // 4)
+        busy = {p for p, n in self._peer_load.items() if n > self.peer_cap - quarter}
+        busiest = max((n for p, n in self._peer_load.items() if p not in busy), default=0)
+        return max(0, min(free, self.peer_cap - busiest)), busy
+
     def _done(self, task: asyncio.Task[None]) -> None:
         self._in_flight.discard(task)
+        peer = self._task_peer.pop(task, None)
+        if peer is not None:
+            self._peer_load[peer] -= 1
+            if self._peer_load[peer] <= 0:
+                del self._peer_load[peer]
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery_crashed", error=repr(task.exception())[:300])
         self._wake.set()

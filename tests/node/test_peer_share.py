@@ -1,0 +1,69 @@
+"""One peer holds at most its share of a worker's slots: the claim leaves busy peers out (both
+databases), and the worker's room for the next claim keeps every peer under its cap."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from node.delivery.claims import claim_due_deliveries
+from node.delivery.worker import PEER_SHARE, DeliveryWorker
+from node.services.sending import Draft, queue_message
+from node.services.trust import pin_peer_card
+from node.storage.db import Database
+from tests.node.audit_world import Side, make_side, two_sides
+
+
+def _queue(a: Side, to: str, n: int, now: int) -> None:
+    with a.db.write() as session:
+        for _ in range(n):
+            queue_message(session, Draft(to=to, kind="note", subject="s", body="b"), me=a.authority,
+                          signer=a.keystore.signer, message_id=os.urandom(16).hex(), now=now, lifetime=86400,
+                          max_bytes=1 << 20)
+
+
+def test_a_claim_leaves_the_excluded_peers_messages_queued(tmp_path: Path, backend: str) -> None:
+    with two_sides(tmp_path, backend) as (a, b):
+        url = f"sqlite:///{tmp_path / 'c.db'}" if backend == "sqlite" else None
+        if url is None:
+            from tests.conftest import create_pg_database
+            url = create_pg_database()
+        c = make_side(tmp_path, "DE-BMJ", url)
+        try:
+            now = int(time.time())
+            pin_peer_card(a.db, c.card, c.keystore.fingerprint, own_authority=a.authority, now=now)
+            _queue(a, b.authority, 5, now)
+            _queue(a, c.authority, 2, now)
+            claims = claim_due_deliveries(a.db, owner="w", now=now, limit=10, exclude={b.authority})
+            assert sorted(x.peer for x in claims) == [c.authority] * 2  # B's five wait, though queued first
+            claims = claim_due_deliveries(a.db, owner="w", now=now, limit=10)
+            assert sorted(x.peer for x in claims) == [b.authority] * 5
+        finally:
+            c.db.dispose()
+            if backend != "sqlite":
+                from tests.conftest import drop_pg_database
+                drop_pg_database(url)
+
+
+def test_the_room_for_a_claim_keeps_every_peer_under_its_cap(tmp_path: Path) -> None:
+    worker = DeliveryWorker(Database(f"sqlite:///{tmp_path / 'w.db'}"), authority="GB-UKCA", owner="w",
+                            concurrency=128)
+    cap = worker.peer_cap
+    assert cap == int(128 * PEER_SHARE) == 96
+    assert worker._claim_room(128) == (96, set())  # nothing in flight: one peer may take its share at once
+    worker._peer_load.update({"FR-DACG": 64})
+    assert worker._claim_room(64) == (32, set())  # FR-DACG may still reach its cap, not pass it
+    worker._peer_load.update({"FR-DACG": 1})  # 65: within a quarter window of its cap
+    assert worker._claim_room(63) == (63, {"FR-DACG"})  # sits the claim out; the others have room
+    worker._peer_load.update({"DE-BMJ": 50})
+    limit, busy = worker._claim_room(13)
+    assert busy == {"FR-DACG"} and limit == 13
+    for free in range(0, 129):  # whatever the loads, no claim can push a peer past its cap
+        for loads in ({}, {"X": 96}, {"X": 64, "Y": 10}, {"X": 70, "Y": 64}, {"X": 1, "Y": 2, "Z": 3}):
+            worker._peer_load.clear()
+            worker._peer_load.update(loads)
+            limit, busy = worker._claim_room(free)
+            assert 0 <= limit <= free
+            assert all(n + limit <= cap for p, n in loads.items() if p not in busy)
+            assert limit > 0 or free == 0  # a free slot is always usable by some peer
