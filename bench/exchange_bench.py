@@ -15,8 +15,10 @@ PostgreSQL a server at ``$COMITY_TEST_PG_URL``).  In one run:
    exchange back.
 
 Prints Markdown tables (with each node's CPU milliseconds per message: below 1,000 / rate, a node
-waited rather than worked).  ``--profile [wall|gil|idle]`` runs py-spy on both nodes during the bulk phase;
-``--concurrency`` sets the sender's ``worker_concurrency``.
+waited rather than worked; on PostgreSQL also the server processes' CPU per message, both
+databases together, read from ``/proc`` when the server runs on this machine).
+``--profile [wall|gil|idle]`` runs py-spy on both nodes during the bulk phase; ``--concurrency``
+sets the sender's ``worker_concurrency``.
 """
 
 from __future__ import annotations
@@ -328,6 +330,7 @@ class Exchange:
     p99_ms: float
     sender_cpu_ms: float  # CPU milliseconds per message delivered (the sender, A)
     receiver_cpu_ms: float  # (the receiver, B)
+    server_cpu_ms: float | None  # (PostgreSQL's server processes, both databases; None on SQLite)
 
 
 def cpu_seconds(proc: subprocess.Popen[bytes] | None) -> float:
@@ -335,6 +338,24 @@ def cpu_seconds(proc: subprocess.Popen[bytes] | None) -> float:
     assert proc is not None
     fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds() -> float:
+    """User + system CPU seconds of this machine's PostgreSQL server processes so far (the
+    postmaster's count includes its children that have exited).  The server is shared: only
+    meaningful while the bench is the only thing using it."""
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+        if name == "postgres":
+            total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def run_exchange(work: Path, backend: str, n: int, singles: int, profile: str | None,
@@ -347,6 +368,7 @@ def run_exchange(work: Path, backend: str, n: int, singles: int, profile: str | 
     a, b, dbs = make_pair(work, backend, concurrency)
     try:
         queue_bulk(a, b.authority, n)
+        server_before = postgres_cpu_seconds() if backend == "postgres" else None
         b.start(cpu=0)
         a.start(cpu=1)
         spies = []
@@ -367,6 +389,7 @@ def run_exchange(work: Path, backend: str, n: int, singles: int, profile: str | 
         rate = n / (last - first)
         # CPU per message, each side (start-up included: an upper bound)
         cpu_a, cpu_b = cpu_seconds(a.proc) * 1000 / n, cpu_seconds(b.proc) * 1000 / n
+        cpu_server = None if server_before is None else (postgres_cpu_seconds() - server_before) * 1000 / n
         for spy in spies:
             spy.wait()
         # single messages through the local API, one at a time: POST until the receipt is stored
@@ -393,7 +416,7 @@ def run_exchange(work: Path, backend: str, n: int, singles: int, profile: str | 
                 latencies.append((time.perf_counter() - started) * 1000)
         db.dispose()
         q = statistics.quantiles(latencies, n=100)
-        return Exchange(backend, n, rate, q[49], q[98], cpu_a, cpu_b)
+        return Exchange(backend, n, rate, q[49], q[98], cpu_a, cpu_b, cpu_server)
     finally:
         a.stop()
         b.stop()
@@ -487,11 +510,12 @@ def main() -> None:
     print(f"\nbaseline (bare FastAPI, 2 KiB pydantic POST, wrk -t1 -c32): {base.rps:.0f} req/s, "
           f"p50 {base.p50_ms:.2f} ms, p99 {base.p99_ms:.2f} ms\n")
     print("| database | N | delivered+receipted msg/s | x baseline | p50 ms | p99 ms | baseline p50/p50 "
-          "| CPU ms/msg A | CPU ms/msg B |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| CPU ms/msg A | CPU ms/msg B | CPU ms/msg PostgreSQL |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
+        server = "-" if r.server_cpu_ms is None else f"{r.server_cpu_ms:.2f}"
         print(f"| {r.backend} | {r.n} | {r.rate:.0f} | {r.rate / base.rps:.3f}x | {r.p50_ms:.1f} | {r.p99_ms:.1f} "
-              f"| {base.p50_ms / r.p50_ms:.3f}x | {r.sender_cpu_ms:.2f} | {r.receiver_cpu_ms:.2f} |")
+              f"| {base.p50_ms / r.p50_ms:.3f}x | {r.sender_cpu_ms:.2f} | {r.receiver_cpu_ms:.2f} | {server} |")
     print("\nthe receiver alone (B driven with A's sealed envelopes, 32 at a time, from this process):\n")
     print("| database | N | receipts/s | x baseline | p50 ms | p99 ms | CPU ms/msg B (start-up excluded) |")
     print("|---|---|---|---|---|---|---|")
