@@ -198,10 +198,12 @@ def settle_delivered_in(session: Session, claim: Claim, *, owner: str, receipt_j
         "b_seq": claim.seq, "b_owner": owner, "b_attempt": claim.attempt, "b_now": now, "b_receipt": receipt_jws,
         "b_received_at": received_at, "b_leaf_index": leaf_index, "b_tree_size": tree_size, "b_root": root,
     }
-    entry: dict[str, Any] = {"event": "delivered", "at": now, "message_id": claim.message_id, "peer": claim.peer,
-             "envelope_sha256": claim.envelope_sha256,
-             "details": {"receipt_sha256": sha256_hex(receipt_jws), "peer_leaf_index": leaf_index,
-                         "peer_tree_size": tree_size, "peer_root": root, "attempt": claim.attempt}}
+    entry: dict[str, Any] = {
+        "event": "delivered", "at": now, "message_id": claim.message_id, "peer": claim.peer,
+        "envelope_sha256": claim.envelope_sha256,
+        "details": {"receipt_sha256": sha256_hex(receipt_jws), "peer_leaf_index": leaf_index,
+                    "peer_tree_size": tree_size, "peer_root": root, "attempt": claim.attempt},
+    }
     together = conn.dialect.name == "postgresql"
     if together:
         settled, _ = _SETTLE_DELIVERED_WITH_ENTRY.execute(conn, {**values, **entry_params(**entry)})
