@@ -94,10 +94,8 @@ class DeliveryWorker:
         self.lease = lease
         self.metrics = metrics
         self._wake = asyncio.Event()
-        self._in_flight: set[asyncio.Task[None]] = set()
-        #: deliveries in flight per peer, and the most one peer may have (PEER_SHARE)
-        self._peer_load: Counter[str] = Counter()
-        self._task_peer: dict[asyncio.Task[None], str] = {}
+        #: deliveries in flight, each with its peer; and the most one peer may have (PEER_SHARE)
+        self._in_flight: dict[asyncio.Task[None], str] = {}
         self.peer_cap = max(1, int(concurrency * PEER_SHARE))
         self._last_refresh: dict[str, float] = {}
         self._keyset = peer_lookup(db, ttl=KEYSET_TTL)  # the keyset held for a peer
@@ -132,7 +130,7 @@ class DeliveryWorker:
                     if expire:
                         self._next_expiry = time.monotonic() + EXPIRY_EVERY
                     try:
-                        limit, busy = self._claim_room(free)
+                        limit, busy = self._claim_room(free, Counter(self._in_flight.values()))
                         claims = await self._write(
                             claim_due, owner=self.owner, now=self.clock(), limit=limit, skew=self.skew,
                             lease=self.lease, expire=expire, exclude=busy,
@@ -144,36 +142,29 @@ class DeliveryWorker:
                         claims = []
                     for claim in claims:
                         task = asyncio.create_task(self._deliver(client, claim))
-                        self._in_flight.add(task)
-                        self._peer_load[claim.peer] += 1
-                        self._task_peer[task] = claim.peer
+                        self._in_flight[task] = claim.peer
                         task.add_done_callback(self._done)
                     if claims and len(self._in_flight) < self.concurrency:
                         continue
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=self.poll)
             if self._in_flight:
-                await asyncio.wait(self._in_flight, timeout=self.timeout)
+                await asyncio.wait(set(self._in_flight), timeout=self.timeout)
             await witness
 
-    def _claim_room(self, free: int) -> tuple[int, set[str]]:
+    def _claim_room(self, free: int, loads: Counter[str]) -> tuple[int, set[str]]:
         """How many messages the next claim may take, and the peers it must leave out, so that no
-        peer exceeds ``peer_cap`` deliveries in flight.  A peer within a quarter window of its cap
-        sits this claim out; the claim then takes at most what the busiest remaining peer has room
-        for: a quarter window at least (claims stay batches), as a busy peer's room is counted
-        from a quarter window below its cap."""
+        peer exceeds ``peer_cap`` deliveries in flight (``loads``: in flight per peer).  A peer
+        within a quarter window of its cap sits this claim out; the claim then takes at most what
+        the busiest remaining peer has room for: a quarter window at least (claims stay batches),
+        as a busy peer's room is counted from a quarter window below its cap."""
         quarter = max(1, self.concurrency // 4)
-        busy = {p for p, n in self._peer_load.items() if n > self.peer_cap - quarter}
-        busiest = max((n for p, n in self._peer_load.items() if p not in busy), default=0)
+        busy = {p for p, n in loads.items() if n > self.peer_cap - quarter}
+        busiest = max((n for p, n in loads.items() if p not in busy), default=0)
         return max(0, min(free, self.peer_cap - busiest)), busy
 
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        peer = self._task_peer.pop(task, None)
-        if peer is not None:
-            self._peer_load[peer] -= 1
-            if self._peer_load[peer] <= 0:
-                del self._peer_load[peer]
+        self._in_flight.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery_crashed", error=repr(task.exception())[:300])
         self._wake.set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 from node.delivery.claims import claim_due_deliveries
@@ -51,19 +52,15 @@ def test_the_room_for_a_claim_keeps_every_peer_under_its_cap(tmp_path: Path) -> 
                             concurrency=128)
     cap = worker.peer_cap
     assert cap == int(128 * PEER_SHARE) == 96
-    assert worker._claim_room(128) == (96, set())  # nothing in flight: one peer may take its share at once
-    worker._peer_load.update({"FR-DACG": 64})
-    assert worker._claim_room(64) == (32, set())  # FR-DACG may still reach its cap, not pass it
-    worker._peer_load.update({"FR-DACG": 1})  # 65: within a quarter window of its cap
-    assert worker._claim_room(63) == (63, {"FR-DACG"})  # sits the claim out; the others have room
-    worker._peer_load.update({"DE-BMJ": 50})
-    limit, busy = worker._claim_room(13)
+    assert worker._claim_room(128, Counter()) == (96, set())  # nothing in flight: one peer may take its share
+    assert worker._claim_room(64, Counter({"FR-DACG": 64})) == (32, set())  # may reach its cap, not pass it
+    # 65: within a quarter window of its cap, it sits the claim out; the others have room
+    assert worker._claim_room(63, Counter({"FR-DACG": 65})) == (63, {"FR-DACG"})
+    limit, busy = worker._claim_room(13, Counter({"FR-DACG": 65, "DE-BMJ": 50}))
     assert busy == {"FR-DACG"} and limit == 13
     for free in range(0, 129):  # whatever the loads, no claim can push a peer past its cap
         for loads in ({}, {"X": 96}, {"X": 64, "Y": 10}, {"X": 70, "Y": 64}, {"X": 1, "Y": 2, "Z": 3}):
-            worker._peer_load.clear()
-            worker._peer_load.update(loads)
-            limit, busy = worker._claim_room(free)
+            limit, busy = worker._claim_room(free, Counter(loads))
             assert 0 <= limit <= free
             assert all(n + limit <= cap for p, n in loads.items() if p not in busy)
             assert limit > 0 or free == 0  # a free slot is always usable by some peer
