@@ -124,9 +124,7 @@ def claim_due(session: Session, *, owner: str, now: int, limit: int, skew: int =
     params: dict[str, Any] = {"b_now": now, "b_limit": limit}
     if exclude:  # (rare: a peer holds its share of the slots; the usual claim keeps its one plan)
         params["b_exclude"] = sorted(exclude)
-        queries = _DUE_SQLITE_EXCLUDING if conn.dialect.name == "sqlite" else _DUE_LOCKING_EXCLUDING
-    else:
-        queries = _DUE_SQLITE if conn.dialect.name == "sqlite" else _DUE_LOCKING
+    queries = _DUE[conn.dialect.name != "sqlite", bool(exclude)]
     due = [seq for query in queries  # queued, and sending with a lapsed lease
            for seq in conn.execute(query, params).scalars()]
     seqs = sorted(due)[:limit]
@@ -144,13 +142,10 @@ def claim_due(session: Session, *, owner: str, now: int, limit: int, skew: int =
 
 _o = outbox_table.c
 # built once (a claim runs many times a second under load; building the statements cost more than
-# running them): the due messages per state, without and with row locks (PostgreSQL)
-_DUE_SQLITE = tuple(_due_query(s, bindparam("b_now"), bindparam("b_limit"), skip_locked=False) for s in ACTIVE)
-_DUE_LOCKING = tuple(_due_query(s, bindparam("b_now"), bindparam("b_limit"), skip_locked=True) for s in ACTIVE)
-_DUE_SQLITE_EXCLUDING = tuple(_due_query(s, bindparam("b_now"), bindparam("b_limit"), skip_locked=False,
-                                         excluding=True) for s in ACTIVE)
-_DUE_LOCKING_EXCLUDING = tuple(_due_query(s, bindparam("b_now"), bindparam("b_limit"), skip_locked=True,
-                                          excluding=True) for s in ACTIVE)
+# running them): the due messages per state, by (with row locks — PostgreSQL —, leaving peers out)
+_DUE = {(locking, excluding): tuple(_due_query(s, bindparam("b_now"), bindparam("b_limit"), skip_locked=locking,
+                                               excluding=excluding) for s in ACTIVE)
+        for locking in (False, True) for excluding in (False, True)}
 _CLAIM = outbox_table.update().where(_o.seq.in_(bindparam("b_seqs", expanding=True))).values(
     state="sending", lease_until=bindparam("b_lease_until"), lease_owner=bindparam("b_owner"),
     attempts=_o.attempts + 1)

@@ -83,19 +83,18 @@ _INSERT_ENTRY = DriverStatement(_INSERT.returning(audit_entries_table.c.id))
 # several at once, no ids back; on PostgreSQL one statement over arrays, rows taken in the order given
 _ROWS = unnest_arrays({n: audit_entries_table.c[n].type for n in _ROW_NAMES}, ordinality="ord")
 _INSERT_ENTRIES = ManyRows(_INSERT, audit_entries_table.insert().from_select(
-    list(_ROW_NAMES), select(*(_ROWS.c[n] for n in _ROW_NAMES)).order_by(_ROWS.c.ord)), _ROW_NAMES)
+    list(_ROW_NAMES), select(*(_ROWS.c[n] for n in _ROW_NAMES)).order_by(_ROWS.c.ord)))
 #: A message's row and its entry in one PostgreSQL statement (no round trip between them): the
-#: entry's values bound as ``e_<column>`` (``entry_params``).  ``ENTRY_CTE`` inserts it first and
-#: yields its ``id``; ``entry_for_each(source)`` inserts it once per row of ``source`` (none if none).
-ENTRY_CTE = audit_entries_table.insert().values(
-    {n: bindparam(f"e_{n}", type_=audit_entries_table.c[n].type) for n in _ROW_NAMES}
-).returning(audit_entries_table.c.id).cte("entry")
+#: entry's values bound as ``e_<column>`` (``entry_params``), typed (PostgreSQL casts them in an
+#: ``INSERT ... SELECT``).  ``ENTRY_CTE`` inserts it first and yields its ``id``;
+#: ``entry_for_each(source)`` inserts it once per row of ``source`` (none if none).
+_ENTRY_BINDS = {n: bindparam(f"e_{n}", type_=audit_entries_table.c[n].type) for n in _ROW_NAMES}
+ENTRY_CTE = audit_entries_table.insert().values(_ENTRY_BINDS).returning(audit_entries_table.c.id).cte("entry")
 
 
 def entry_for_each(source: FromClause) -> Insert:
-    return audit_entries_table.insert().from_select(
-        list(_ROW_NAMES),
-        select(*(bindparam(f"e_{n}", type_=audit_entries_table.c[n].type) for n in _ROW_NAMES)).select_from(source))
+    return audit_entries_table.insert().from_select(list(_ROW_NAMES),
+                                                    select(*_ENTRY_BINDS.values()).select_from(source))
 
 
 def entry_params(*, event: str, at: int, log: str = "exchange", message_id: str | None = None,

@@ -117,11 +117,11 @@ _PENDING = (select(_e.id, _e.log, _e.leaf_hash, _e.event).where(_e.leaf_index.is
 _INDICES = unnest_arrays({"i": BigInteger(), "n": BigInteger()})
 _SET_INDEX = ManyRows(
     audit_entries_table.update().where(_e.id == bindparam("i")).values(leaf_index=bindparam("n")),
-    audit_entries_table.update().where(_e.id == _INDICES.c.i).values(leaf_index=_INDICES.c.n), ("i", "n"))
+    audit_entries_table.update().where(_e.id == _INDICES.c.i).values(leaf_index=_INDICES.c.n))
 _RECEIPTS = unnest_arrays({"s": BigInteger(), "r": LargeBinary()})
 _SET_RECEIPT = ManyRows(
     inbox_table.update().where(inbox_table.c.seq == bindparam("s")).values(receipt_jws=bindparam("r")),
-    inbox_table.update().where(inbox_table.c.seq == _RECEIPTS.c.s).values(receipt_jws=_RECEIPTS.c.r), ("s", "r"))
+    inbox_table.update().where(inbox_table.c.seq == _RECEIPTS.c.s).values(receipt_jws=_RECEIPTS.c.r))
 
 
 def integrate_batch(

@@ -233,6 +233,11 @@ class DriverStatement:
         finally:
             cursor.close()
 
+    def names(self, dialect: Any) -> tuple[str, ...]:
+        """The parameters a caller binds (the statement's own literals left out)."""
+        _sql, _positions, names, fixed = self._sql(dialect)
+        return tuple(n for n in names if n not in fixed)
+
     def execute(self, conn: Connection, values: Mapping[str, Any]) -> tuple[int, Any]:
         """Run once; (rows affected, the first row returned or None)."""
         with self._cursor(conn) as (cursor, sql, params):
@@ -257,21 +262,20 @@ def unnest_arrays(types: Mapping[str, Any], *, ordinality: str | None = None) ->
 class ManyRows:
     """One statement for many rows' parameters where the database can take them at once.
 
-    On PostgreSQL, ``arrays`` runs once with one array per parameter name (an ``UPDATE ... FROM
+    On PostgreSQL, ``arrays`` runs once with one array per parameter it binds (an ``UPDATE ... FROM
     unnest(...)`` or ``INSERT ... SELECT ... FROM unnest(...)``): one statement planned and run,
     where the driver's ``executemany`` of ``each`` would run one per row.  Elsewhere (SQLite, in
     process: no round trips to save) ``each`` runs once per row.
     """
 
-    def __init__(self, each: Any, arrays: Any, names: Sequence[str]) -> None:
+    def __init__(self, each: Any, arrays: Any) -> None:
         self._each = DriverStatement(each)
         self._arrays = DriverStatement(arrays)
-        self._names = tuple(names)
 
     def execute(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:
             return
         if conn.dialect.name == "postgresql":
-            self._arrays.execute(conn, {n: [r[n] for r in rows] for n in self._names})
+            self._arrays.execute(conn, {n: [r[n] for r in rows] for n in self._arrays.names(conn.dialect)})
         else:
             self._each.execute_many(conn, rows)

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import create_engine, insert, select, text
 from sqlalchemy.dialects import postgresql
 
-from node.delivery.claims import _DUE_LOCKING, _DUE_SQLITE, ACTIVE, claim_due, settle_retry_in
+from node.delivery.claims import _DUE, ACTIVE, claim_due, settle_retry_in
 from node.services.integrator import IntegratorLoop
 from node.storage.db import Database
 from node.storage.models import outbox_table, peers_table
@@ -28,7 +28,7 @@ def _rendered(query: object) -> str:
 
 
 def test_the_states_are_written_into_the_statement() -> None:
-    for queries in (_DUE_SQLITE, _DUE_LOCKING):
+    for queries in (_DUE[False, False], _DUE[True, False]):  # without and with row locks
         for state, query in zip(ACTIVE, queries, strict=True):
             sql = _rendered(query)
             assert f"outbox.state = '{state}'" in sql
@@ -69,7 +69,7 @@ def test_postgresql_generic_plan_uses_the_partial_index(migrated_url: str) -> No
     try:
         with engine.connect() as c:
             c.execute(text("SET plan_cache_mode = force_generic_plan"))
-            sql = _rendered(_DUE_LOCKING[0]).replace("%(b_now)s", "$1").replace("%(b_limit)s", "$2")
+            sql = _rendered(_DUE[True, False][0]).replace("%(b_now)s", "$1").replace("%(b_limit)s", "$2")
             c.exec_driver_sql(f"PREPARE due(bigint, integer) AS {sql}")
             plan = "\n".join(r[0] for r in c.exec_driver_sql("EXPLAIN EXECUTE due(1800000000, 32)"))
             c.exec_driver_sql("DEALLOCATE due")

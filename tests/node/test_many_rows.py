@@ -23,7 +23,7 @@ _ADD = DriverStatement(peers_table.insert().values(
 _ARRAYS = unnest_arrays({"a": _p.authority.type, "n": _p.failures.type})
 _SET_FAILURES = ManyRows(
     peers_table.update().where(_p.authority == bindparam("a")).values(failures=bindparam("n")),
-    peers_table.update().where(_p.authority == _ARRAYS.c.a).values(failures=_ARRAYS.c.n), ("a", "n"))
+    peers_table.update().where(_p.authority == _ARRAYS.c.a).values(failures=_ARRAYS.c.n))
 
 
 def test_many_rows_update_each_row_by_its_key(migrated_url: str) -> None:
