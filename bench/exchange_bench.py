@@ -333,10 +333,16 @@ class Exchange:
     server_cpu_ms: float | None  # (PostgreSQL's server processes, both databases; None on SQLite)
 
 
+def _stat(text: str) -> tuple[str, list[str]]:
+    """A ``/proc/PID/stat`` line: the command's name, and the fields after it (``[11]`` utime,
+    ``[12]`` stime, ``[13]``/``[14]`` those of its exited children, in clock ticks)."""
+    return text[text.index("(") + 1:text.rindex(")")], text.rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(proc: subprocess.Popen[bytes] | None) -> float:
     """User + system CPU seconds of a running process so far (Linux /proc)."""
     assert proc is not None
-    fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    _name, fields = _stat(Path(f"/proc/{proc.pid}/stat").read_text())
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -349,10 +355,9 @@ def postgres_cpu_seconds() -> float:
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            name, fields = _stat((entry / "stat").read_text())
         except OSError:
             continue  # exited meanwhile
-        name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat.rsplit(")", 1)[1].split()
         if name == "postgres":
             total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
     return total / os.sysconf("SC_CLK_TCK")

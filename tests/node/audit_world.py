@@ -79,14 +79,20 @@ def pin_both(a: Side, b: Side) -> None:
     pin_peer_card(b.db, a.card, a.keystore.fingerprint, own_authority=b.authority, now=now)
 
 
-def exchange(a: Side, b: Side, n: int, *, subject: str = "s", body: str = "b") -> list[str]:
-    """A sends ``n`` messages to B; each ends delivered at A with B's verified receipt."""
-    now = int(time.time())
+def queue_messages(a: Side, to: str, n: int, now: int, *, subject: str = "s", body: str = "b") -> list[str]:
+    """``n`` notes queued at A for ``to``, in one transaction; their ids."""
     ids = [os.urandom(16).hex() for _ in range(n)]
     with a.db.write() as session:
         for mid in ids:
-            queue_message(session, Draft(to=b.authority, kind="note", subject=subject, body=body), me=a.authority,
+            queue_message(session, Draft(to=to, kind="note", subject=subject, body=body), me=a.authority,
                           signer=a.keystore.signer, message_id=mid, now=now, lifetime=86400, max_bytes=1 << 20)
+    return ids
+
+
+def exchange(a: Side, b: Side, n: int, *, subject: str = "s", body: str = "b") -> list[str]:
+    """A sends ``n`` messages to B; each ends delivered at A with B's verified receipt."""
+    now = int(time.time())
+    ids = queue_messages(a, b.authority, n, now, subject=subject, body=body)
     claims = claim_due_deliveries(a.db, owner="test", now=now, limit=n + 10)
     lookup = peer_lookup(b.db)
     for c in claims:

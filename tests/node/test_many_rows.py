@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -11,10 +10,9 @@ from sqlalchemy import bindparam, select
 
 from node.delivery.claims import claim_due_deliveries, settle_delivered
 from node.services.audit import append_entries
-from node.services.sending import Draft, queue_message
 from node.storage.db import Database, DriverStatement, ManyRows, unnest_arrays
 from node.storage.models import AuditEntry, OutboxMessage, peers_table
-from tests.node.audit_world import two_sides
+from tests.node.audit_world import queue_messages, two_sides
 
 _p = peers_table.c
 _ADD = DriverStatement(peers_table.insert().values(
@@ -61,10 +59,7 @@ def test_entries_appended_together_keep_the_order_given(migrated_url: str) -> No
 def test_a_settle_whose_lease_was_lost_writes_no_entry(tmp_path: Path, backend: str) -> None:
     with two_sides(tmp_path, backend) as (a, b):
         now = int(time.time())
-        with a.db.write() as session:
-            queue_message(session, Draft(to=b.authority, kind="note", subject="s", body="b"), me=a.authority,
-                          signer=a.keystore.signer, message_id=os.urandom(16).hex(), now=now, lifetime=86400,
-                          max_bytes=1 << 20)
+        queue_messages(a, b.authority, 1, now)
         [claim] = claim_due_deliveries(a.db, owner="worker-1", now=now, limit=10)
         receipt = dict(receipt_jws=b"receipt", received_at=now, leaf_index=4, tree_size=5, root="ab" * 32, now=now)
 

@@ -3,25 +3,15 @@ databases), and the worker's room for the next claim keeps every peer under its 
 
 from __future__ import annotations
 
-import os
 import time
 from collections import Counter
 from pathlib import Path
 
 from node.delivery.claims import claim_due_deliveries
 from node.delivery.worker import PEER_SHARE, DeliveryWorker
-from node.services.sending import Draft, queue_message
 from node.services.trust import pin_peer_card
 from node.storage.db import Database
-from tests.node.audit_world import Side, make_side, two_sides
-
-
-def _queue(a: Side, to: str, n: int, now: int) -> None:
-    with a.db.write() as session:
-        for _ in range(n):
-            queue_message(session, Draft(to=to, kind="note", subject="s", body="b"), me=a.authority,
-                          signer=a.keystore.signer, message_id=os.urandom(16).hex(), now=now, lifetime=86400,
-                          max_bytes=1 << 20)
+from tests.node.audit_world import make_side, queue_messages, two_sides
 
 
 def test_a_claim_leaves_the_excluded_peers_messages_queued(tmp_path: Path, backend: str) -> None:
@@ -34,8 +24,8 @@ def test_a_claim_leaves_the_excluded_peers_messages_queued(tmp_path: Path, backe
         try:
             now = int(time.time())
             pin_peer_card(a.db, c.card, c.keystore.fingerprint, own_authority=a.authority, now=now)
-            _queue(a, b.authority, 5, now)
-            _queue(a, c.authority, 2, now)
+            queue_messages(a, b.authority, 5, now)
+            queue_messages(a, c.authority, 2, now)
             claims = claim_due_deliveries(a.db, owner="w", now=now, limit=10, exclude={b.authority})
             assert sorted(x.peer for x in claims) == [c.authority] * 2  # B's five wait, though queued first
             claims = claim_due_deliveries(a.db, owner="w", now=now, limit=10)
