@@ -17,7 +17,7 @@ from sqlalchemy import and_, bindparam, exists, func, literal, or_, select, upda
 from sqlalchemy.orm import Session, aliased
 
 from ..services.audit import append_entries, append_entry, entry_for_each, entry_params, sha256_hex
-from ..storage.db import Database, DriverStatement
+from ..storage.db import Database, DriverStatement, planned_for_values
 from ..storage.models import OutboxMessage, Peer, outbox_table, peers_table
 
 LEASE_SECONDS = 60
@@ -74,16 +74,20 @@ def _due_query(state: str, now: Any, limit: Any, skip_locked: bool, excluding: b
     states would sort every active message, every claim).  ``excluding``: not to the peers bound
     as ``b_exclude`` (peers holding their share of the worker's slots)."""
     earlier = aliased(OutboxMessage)
+    # the peer's backoff as a lookup per message walked, not a join: a join (hashed, on PostgreSQL)
+    # loses the index's order, and the planner then sorted every queued message to return the first
+    # few, each claim.  A peer no longer known (removed) gives NULL: its messages are not due.
+    peer_due_at = (select(Peer.next_attempt_at).where(Peer.authority == OutboxMessage.peer)
+                   .correlate(OutboxMessage).scalar_subquery())
     q = (
         select(OutboxMessage.seq)
-        .join(Peer, Peer.authority == OutboxMessage.peer)
         .where(
             # the states are written into the SQL, not bound: PostgreSQL's generic plan for a
             # prepared statement cannot see through ``state IN ($1, $2)`` to the partial index
             # (it then scanned every active row once per due row) nor estimate ``state = $1``
             OutboxMessage.state == _const(state),
             OutboxMessage.next_attempt_at <= now,
-            Peer.next_attempt_at <= now,
+            peer_due_at <= now,
             # no lease, or a lapsed one; one expression, not an OR (which PostgreSQL turned into a
             # bitmap scan and a sort of every queued row instead of walking the index in order)
             func.coalesce(OutboxMessage.lease_until, _const(0)) < now,
@@ -125,13 +129,15 @@ def claim_due(session: Session, *, owner: str, now: int, limit: int, skew: int =
     if exclude:  # (rare: a peer holds its share of the slots; the usual claim keeps its one plan)
         params["b_exclude"] = sorted(exclude)
     queries = _DUE[conn.dialect.name != "sqlite", bool(exclude)]
-    due = [seq for query in queries  # queued, and sending with a lapsed lease
-           for seq in conn.execute(query, params).scalars()]
-    seqs = sorted(due)[:limit]
-    if not seqs:
-        return []
-    conn.execute(_CLAIM, {"b_seqs": seqs, "b_lease_until": now + lease, "b_owner": owner})
-    rows = conn.execute(_CLAIMED, {"b_seqs": seqs}).all()
+    # walked in the index's order, whatever the tables' statistics; the claimed rows by key
+    with planned_for_values(conn, ordered=True):
+        due = [seq for query in queries  # queued, and sending with a lapsed lease
+               for seq in conn.execute(query, params).scalars()]
+        seqs = sorted(due)[:limit]
+        if not seqs:
+            return []
+        conn.execute(_CLAIM, {"b_seqs": seqs, "b_lease_until": now + lease, "b_owner": owner})
+        rows = conn.execute(_CLAIMED, {"b_seqs": seqs}).all()
     claims = [Claim(r.seq, r.message_id, r.peer, r.endpoint, r.envelope, r.envelope_sha256, r.inner_jws,
                     r.recipient_kid, r.attempts, r.exp) for r in rows]
     append_entries(session, [dict(event="attempt", at=now, message_id=c.message_id, peer=c.peer,

@@ -198,8 +198,10 @@ class DriverStatement:
     Only for statements whose parameters are plain values (no expanding ``IN`` lists).
     """
 
-    def __init__(self, statement: Any) -> None:
+    def __init__(self, statement: Any, *, prepared: bool = True) -> None:
         self._statement = statement
+        #: False: never a server-side prepared statement on PostgreSQL (see ``planned_for_values``)
+        self._prepare = None if prepared else False
         self._compiled: dict[str, tuple[str, tuple[str, ...] | None, tuple[str, ...], dict[str, Any]]] = {}
 
     def _sql(self, dialect: Any) -> tuple[str, tuple[str, ...] | None, tuple[str, ...], dict[str, Any]]:
@@ -241,7 +243,10 @@ class DriverStatement:
     def execute(self, conn: Connection, values: Mapping[str, Any]) -> tuple[int, Any]:
         """Run once; (rows affected, the first row returned or None)."""
         with self._cursor(conn) as (cursor, sql, params):
-            cursor.execute(sql, params(values))
+            if self._prepare is False and conn.dialect.name == "postgresql":
+                cursor.execute(sql, params(values), prepare=False)
+            else:
+                cursor.execute(sql, params(values))
             row = cursor.fetchone() if cursor.description is not None else None
             return cursor.rowcount, row
 
@@ -250,6 +255,34 @@ class DriverStatement:
         if rows:
             with self._cursor(conn) as (cursor, sql, params):
                 cursor.executemany(sql, [params(r) for r in rows])
+
+
+@contextmanager
+def planned_for_values(conn: Connection, *, ordered: bool = False) -> Iterator[None]:
+    """PostgreSQL: the statements run inside are planned at each run, for the values bound and the
+    tables as they are then; with ``ordered``, without bitmap scans (which cannot return rows in an
+    index's order: a ``LIMIT`` then reads and sorts every matching row).  Elsewhere: nothing.
+
+    Why: psycopg prepares a statement on the server after a few runs, and PostgreSQL then keeps the
+    plan it made for the tables' sizes and statistics at that moment — on a node just started, empty
+    tables: sequential scans, or a bitmap scan and a sort, that grow with the table, while the rows
+    that matter (the few due messages) stay few.  Without statistics (no ``ANALYZE`` yet) even a plan
+    made for the values misjudges how many rows a state holds, hence ``ordered``.
+    """
+    if conn.dialect.name != "postgresql":
+        yield
+        return
+    driver = conn.connection.dbapi_connection
+    threshold = driver.prepare_threshold  # type: ignore[union-attr]
+    driver.prepare_threshold = None  # type: ignore[union-attr]
+    try:
+        if ordered:
+            conn.exec_driver_sql("SET LOCAL enable_bitmapscan = off")  # until the transaction ends ...
+        yield
+        if ordered:
+            conn.exec_driver_sql("RESET enable_bitmapscan")  # ... or here (not after an error: it is over)
+    finally:
+        driver.prepare_threshold = threshold  # type: ignore[union-attr]
 
 
 def unnest_arrays(types: Mapping[str, Any], *, ordinality: str | None = None) -> Any:
@@ -270,7 +303,9 @@ class ManyRows:
 
     def __init__(self, each: Any, arrays: Any) -> None:
         self._each = DriverStatement(each)
-        self._arrays = DriverStatement(arrays)
+        # planned at each run, for its arrays' lengths and the tables' sizes then (a join with
+        # ``unnest``: a plan cached while the table was small scans all of it, every run, for good)
+        self._arrays = DriverStatement(arrays, prepared=False)
 
     def execute(self, conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         if not rows:

@@ -2,7 +2,9 @@
 
 PostgreSQL plans a prepared statement generically after a few runs; with the states bound as
 parameters that plan could not use the partial index of active messages and compared every queued
-message with every other one (a claim took 160 ms with 4,000 queued).  These tests pin the shape.
+message with every other one (a claim took 160 ms with 4,000 queued).  Later, with the states
+written in, a plan made while the outbox was small (or without statistics) still read and sorted
+every queued message, each claim (8 ms a claim, 10,000 queued).  These tests pin the shape.
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ from sqlalchemy.dialects import postgresql
 
 from node.delivery.claims import _DUE, ACTIVE, claim_due, settle_retry_in
 from node.services.integrator import IntegratorLoop
-from node.storage.db import Database
+from node.storage.db import Database, planned_for_values
 from node.storage.models import outbox_table, peers_table
 
 NOW = 1_800_000_000
 
 
-def _rendered(query: object) -> str:
-    """The statement's text as PostgreSQL receives it (only ``now`` and ``limit`` left as parameters)."""
-    bound = query.params(b_now=NOW, b_limit=32)  # type: ignore[attr-defined]
+def _rendered(query: object, **values: object) -> str:
+    """The statement's text as PostgreSQL receives it (only ``now`` and ``limit`` left as parameters,
+    and the peers left out, if any, as ``b_exclude_1`` ...)."""
+    bound = query.params(b_now=NOW, b_limit=32, **values)  # type: ignore[attr-defined]
     return str(bound.compile(dialect=postgresql.psycopg.dialect(), compile_kwargs={"render_postcompile": True}))
 
 
@@ -36,7 +39,9 @@ def test_the_states_are_written_into_the_statement() -> None:
             assert sql.count("%(") == 4  # now (three times) and limit: nothing else is bound
 
 
-def _seed(url: str, n: int, *, exp: int = NOW + 86400) -> None:
+def _seed(url: str, n: int, *, exp: int = NOW + 86400, size: int = 1) -> None:
+    """``n`` queued messages, two per conversation, to one peer; their signed and sealed forms of
+    ``size`` bytes each (the planner counts a table's pages to guess its rows)."""
     engine = create_engine(url)
     with engine.begin() as c:
         c.execute(insert(peers_table).values(
@@ -44,7 +49,7 @@ def _seed(url: str, n: int, *, exp: int = NOW + 86400) -> None:
             fingerprint="f", chain=b"", keyset_version=1, pinned_at=0, updated_at=0, refreshed_at=0, expires_at=0))
         c.execute(insert(outbox_table), [dict(
             message_id=f"{i:032x}", peer="FR-DACG", kind="note", conversation=f"c{i % (n // 2):031x}",
-            inner_jws=b"i", envelope=b"e", envelope_sha256="a" * 64, recipient_kid="k", created_at=NOW,
+            inner_jws=b"i" * size, envelope=b"e" * size, envelope_sha256="a" * 64, recipient_kid="k", created_at=NOW,
             exp=exp, state="queued", attempts=0, next_attempt_at=0) for i in range(n)])
     engine.dispose()
 
@@ -63,22 +68,47 @@ def test_claims_keep_conversation_order(migrated_url: str) -> None:
 
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)
-def test_postgresql_generic_plan_uses_the_partial_index(migrated_url: str) -> None:
-    _seed(migrated_url, 2000)
+@pytest.mark.parametrize("excluding", [False, True], ids=["all-peers", "peers-left-out"])
+def test_postgresql_claims_walk_the_index_in_order_without_statistics(migrated_url: str, excluding: bool) -> None:
+    """5,000 queued messages and no ``ANALYZE``: PostgreSQL guesses that few rows are queued.  Planned
+    as the claim plans it, the due query must still walk the index in order and stop at its limit —
+    not read every queued row (a bitmap scan, a join with the peers) and sort them, every claim."""
+    _seed(migrated_url, 5000, size=2000)  # the size of a short message's
     engine = create_engine(migrated_url)
     try:
         with engine.connect() as c:
-            c.execute(text("SET plan_cache_mode = force_generic_plan"))
-            sql = _rendered(_DUE[True, False][0]).replace("%(b_now)s", "$1").replace("%(b_limit)s", "$2")
-            c.exec_driver_sql(f"PREPARE due(bigint, integer) AS {sql}")
-            plan = "\n".join(r[0] for r in c.exec_driver_sql("EXPLAIN EXECUTE due(1800000000, 32)"))
-            c.exec_driver_sql("DEALLOCATE due")
+            sql = _rendered(_DUE[True, excluding][0], b_exclude=["DE-BMJ"])
+            values = {"b_now": NOW, "b_limit": 32, "b_exclude_1": "DE-BMJ"}
+            with planned_for_values(c, ordered=True):  # (values bound, as the claim binds them)
+                plan = "\n".join(r[0] for r in c.exec_driver_sql(f"EXPLAIN {sql}", values))
+            assert c.exec_driver_sql("SHOW enable_bitmapscan").scalar() == "on"  # for this claim only
             c.rollback()
     finally:
         engine.dispose()
-    assert "Index Scan using ix_outbox_due on outbox" in plan, plan  # walked in order, no sort
-    assert "Sort" not in plan, plan
+    assert "Index Scan using ix_outbox_due on outbox" in plan, plan  # walked in order ...
+    assert "Sort" not in plan and "Bitmap" not in plan and "Hash" not in plan, plan  # ... no sort, nothing hashed
     assert "ix_outbox_conversation_active" in plan, plan  # the anti-join looks up one conversation
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_postgresql_never_keeps_a_claims_plan(migrated_url: str) -> None:
+    """psycopg prepares a statement on the server after five runs, and PostgreSQL keeps the plan it
+    then makes — for an empty outbox, a sequential scan that grows with the table.  The claim's
+    statements are planned at every run instead; the connection's other statements are prepared."""
+    _seed(migrated_url, 12)
+    db = Database(migrated_url)
+    try:
+        with db.write() as session:
+            claimed = [claim_due(session, owner="w1", now=NOW, limit=1, expire=False) for _ in range(8)]
+            for i in range(8):  # a control: an ordinary statement run as often is prepared
+                session.execute(text("SELECT count(*) FROM peers WHERE failures >= :n"), {"n": i})
+            prepared = list(session.execute(text("SELECT statement FROM pg_prepared_statements")).scalars())
+            assert session.execute(text("SHOW enable_bitmapscan")).scalar() == "on"
+    finally:
+        db.dispose()
+    assert [len(c) for c in claimed] == [1] * 6 + [0] * 2  # six conversations, two messages each
+    assert any("FROM peers" in s for s in prepared), prepared
+    assert not any("outbox" in s or "unnest" in s for s in prepared), prepared
 
 
 def test_an_expired_message_is_failed_not_claimed(migrated_url: str) -> None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from sqlalchemy import bindparam, select
+import pytest
+from sqlalchemy import bindparam, select, text
 
 from node.delivery.claims import claim_due_deliveries, settle_delivered
 from node.services.audit import append_entries
+from node.services.integrator import _SET_INDEX, _SET_RECEIPT
 from node.storage.db import Database, DriverStatement, ManyRows, unnest_arrays
 from node.storage.models import AuditEntry, OutboxMessage, peers_table
 from tests.node.audit_world import queue_messages, two_sides
@@ -77,3 +79,48 @@ def test_a_settle_whose_lease_was_lost_writes_no_entry(tmp_path: Path, backend: 
         with a.db.read() as session:
             row = session.get_one(OutboxMessage, claim.seq)
             assert (row.state, row.receipt_tree_size, row.receipt_leaf_index) == ("delivered", 5, 4)
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+def test_postgresql_plans_statements_for_many_rows_at_each_run(migrated_url: str) -> None:
+    """A plan PostgreSQL keeps for a prepared statement is made for the table of that moment; one
+    made while the table was small joins the arrays with a scan of the whole table, for good."""
+    db = Database(migrated_url)
+    try:
+        with db.write() as session:
+            conn = session.connection()
+            for i in range(8):  # a control: a statement run as often is prepared, after five runs
+                _ADD.execute(conn, {"a": f"P{i}"})
+            for i in range(8):
+                _SET_FAILURES.execute(conn, [{"a": "P1", "n": i}, {"a": "P2", "n": i}])
+            prepared = list(session.execute(text("SELECT statement FROM pg_prepared_statements")).scalars())
+    finally:
+        db.dispose()
+    assert any(s.startswith("INSERT INTO peers") for s in prepared), prepared
+    assert not any("unnest" in s for s in prepared), prepared
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+@pytest.mark.parametrize("statement", [_SET_INDEX, _SET_RECEIPT], ids=["leaf-indices", "receipts"])
+def test_postgresql_updates_many_rows_through_the_key(migrated_url: str, statement: ManyRows) -> None:
+    """100 rows of 20,000 updated, and no statistics: the rows are found by key, the table not read."""
+    db = Database(migrated_url)
+    try:
+        with db.write() as session:
+            conn = session.connection()
+            append_entries(session, [dict(event="received", at=1_800_000_000) for _ in range(20_000)])
+            session.flush()
+            conn.exec_driver_sql(  # a message received with each
+                "INSERT INTO inbox (sender, message_id, envelope_sha256, envelope, inner_jws, kind, subject, body, "
+                "iat, exp, received_at, entry_id) SELECT 'FR-DACG', md5(g::text), md5(g::text) || md5(g::text), "
+                "'\\x00', '\\x00', 'note', 's', 'b', 0, 0, 0, g FROM generate_series(1, 20000) g")
+            arrays = statement._arrays
+            sql, _positions, _names, _fixed = arrays._sql(conn.dialect)
+            values = {"i": list(range(5_001, 5_101)), "n": list(range(100)),
+                      "s": list(range(5_001, 5_101)), "r": [b"receipt"] * 100}
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql(
+                f"EXPLAIN {sql}", {n: values[n] for n in arrays.names(conn.dialect)}))
+            session.rollback()
+    finally:
+        db.dispose()
+    assert "Seq Scan" not in plan, plan
