@@ -97,6 +97,12 @@ class DeliveryWorker:
         #: deliveries in flight, each with its peer; and the most one peer may have (PEER_SHARE)
         self._in_flight: dict[asyncio.Task[None], str] = {}
         self.peer_cap = max(1, int(concurrency * PEER_SHARE))
+        #: the peers the last claim left out, when it found fewer messages than it could take: until
+        #: something changes (a message queued, a delivery to another peer done, ``poll`` seconds),
+        #: a claim leaving out those peers (or more) would find nothing either — and to find nothing it
+        #: walks every queued message of the peers left out
+        self._exhausted: frozenset[str] | None = None
+        self._exhausted_at = 0.0
         self._last_refresh: dict[str, float] = {}
         self._keyset = peer_lookup(db, ttl=KEYSET_TTL)  # the keyset held for a peer
         self._next_expiry = 0.0
@@ -104,6 +110,8 @@ class DeliveryWorker:
         self.witness = PeerWitness(db, clock=clock, skew=skew, max_lifetime=max_lifetime, poll=witness_poll)
 
     def wake(self) -> None:
+        """A message was queued."""
+        self._exhausted = None
         self._wake.set()
 
     async def _write(self, job: Callable[..., T], *args: Any, **kw: Any) -> T:
@@ -125,18 +133,21 @@ class DeliveryWorker:
                 self._wake.clear()
                 free = self.concurrency - len(self._in_flight)
                 # claim in batches: one claim per quarter of a window, not one per finished message
-                if free >= max(1, self.concurrency // 4) or (free > 0 and not self._in_flight):
+                limit, busy = self._claim_room(free, Counter(self._in_flight.values()))
+                if (free >= max(1, self.concurrency // 4) or (free > 0 and not self._in_flight)) \
+                        and limit > 0 and not self._nothing_more(busy):
                     expire = time.monotonic() >= self._next_expiry
                     if expire:
                         self._next_expiry = time.monotonic() + EXPIRY_EVERY
                     try:
-                        limit, busy = self._claim_room(free, Counter(self._in_flight.values()))
                         claims = await self._write(
                             claim_due, owner=self.owner, now=self.clock(), limit=limit, skew=self.skew,
                             lease=self.lease, expire=expire, exclude=busy,
                         )
                         if claims:
                             crash_point("after_claim_commit")  # tests only
+                        if len(claims) < limit:
+                            self._exhausted, self._exhausted_at = frozenset(busy), time.monotonic()
                     except Exception as e:  # the database may be briefly unavailable; keep polling
                         log.error("claim_failed", error=type(e).__name__, detail=str(e)[:200])
                         claims = []
@@ -163,8 +174,17 @@ class DeliveryWorker:
         busiest = max((n for p, n in loads.items() if p not in busy), default=0)
         return max(0, min(free, self.peer_cap - busiest)), busy
 
+    def _nothing_more(self, busy: set[str]) -> bool:
+        """Would a claim leaving out ``busy`` find nothing, as the last one did (``_exhausted``)?"""
+        if self._exhausted is None or time.monotonic() - self._exhausted_at >= self.poll:
+            self._exhausted = None
+            return False
+        return self._exhausted <= busy
+
     def _done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.pop(task, None)
+        peer = self._in_flight.pop(task, None)
+        if self._exhausted is not None and peer not in self._exhausted:
+            self._exhausted = None  # the next message of its conversation may be due now
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery_crashed", error=repr(task.exception())[:300])
         self._wake.set()

@@ -3,11 +3,16 @@ databases), and the worker's room for the next claim keeps every peer under its 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-from node.delivery.claims import claim_due_deliveries
+import pytest
+
+from node.delivery import worker as worker_module
+from node.delivery.claims import Claim, claim_due_deliveries
 from node.delivery.worker import PEER_SHARE, DeliveryWorker
 from node.services.trust import pin_peer_card
 from node.storage.db import Database
@@ -54,3 +59,48 @@ def test_the_room_for_a_claim_keeps_every_peer_under_its_cap(tmp_path: Path) -> 
             assert 0 <= limit <= free
             assert all(n + limit <= cap for p, n in loads.items() if p not in busy)
             assert limit > 0 or free == 0  # a free slot is always usable by some peer
+
+
+def test_a_claim_that_found_nothing_is_not_run_again_until_something_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One peer at its share, nothing queued for any other: each finished delivery used to start a
+    claim leaving that peer out — and to find nothing, each walked all of that peer's queued messages."""
+    calls: list[frozenset[str]] = []
+    seqs = iter(range(1, 100_000))
+
+    def claim(_session: object, *, limit: int, exclude: set[str], **_kw: object) -> list[Claim]:
+        calls.append(frozenset(exclude))
+        if "FR-DACG" in exclude:
+            return []
+        return [Claim(next(seqs), "m", "FR-DACG", "https://127.0.0.1:1/", b"", "", b"", "k", 1, 0)
+                for _ in range(limit)]
+
+    monkeypatch.setattr(worker_module, "claim_due", claim)
+    worker = DeliveryWorker(Database(f"sqlite:///{tmp_path / 'w.db'}"), authority="GB-UKCA", owner="w",
+                            concurrency=8, poll=30.0)
+
+    async def write(job: Any, *args: Any, **kw: Any) -> Any:
+        return job(None, *args, **kw)
+
+    async def deliver(_client: object, _claim: Claim) -> None:
+        await asyncio.sleep(0.005)
+
+    async def witness(_client: object, stop: asyncio.Event) -> None:
+        await stop.wait()
+
+    async def scenario() -> None:
+        worker._write = write  # type: ignore[method-assign]
+        worker._deliver = deliver  # type: ignore[method-assign]
+        worker.witness.run = witness  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        running = asyncio.create_task(worker.run(stop))
+        await asyncio.sleep(0.5)  # ~100 deliveries of 5 ms, six at a time
+        stop.set()
+        await running
+        worker.wake()  # a message queued: the next claim leaving FR-DACG out runs again
+        assert not worker._nothing_more({"FR-DACG"})
+
+    asyncio.run(scenario())
+    delivered = sum(1 for c in calls if not c)
+    assert delivered >= 10, calls  # FR-DACG's messages kept flowing, six at a time ...
+    assert calls.count(frozenset({"FR-DACG"})) == 1, calls  # ... and the others were looked for once
