@@ -483,12 +483,22 @@ def run_receiver_alone(work: Path, backend: str, n: int, lanes: int = 32) -> Rec
             drop_databases(dbs)
 
 
+def _backends(value: str) -> list[str]:
+    """``--backends``: a name not known is refused (it would have run on SQLite under that name)."""
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = sorted(set(names) - {"sqlite", "postgres"})
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown backend {', '.join(unknown) or '(none)'}: use sqlite, postgres")
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", type=int, default=2000, help="messages queued for the bulk run")
     parser.add_argument("--singles", type=int, default=200, help="single messages for the latency run")
     parser.add_argument("--duration", type=int, default=10, help="wrk seconds")
-    parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--backends", default="sqlite,postgres", type=_backends,
+                        help="comma-separated, of: sqlite, postgres")
     parser.add_argument("--clients", action="store_true", help="also compare outbound HTTP clients")
     parser.add_argument("--profile", nargs="?", const="wall", choices=("wall", "gil", "idle"),
                         help="py-spy both nodes during the bulk run (gil: only samples holding the GIL; "
@@ -496,6 +506,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, help="the sender's worker_concurrency (default: the node's)")
     parser.add_argument("--client-run", nargs=3, metavar=("KIND", "CONCURRENCY", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    backends: list[str] = args.backends
     if args.client_run:
         kind, concurrency, url = args.client_run
         print(asyncio.run(_client_rate(kind, url, max(3000, 20 * int(concurrency)), int(concurrency))))
@@ -510,8 +521,8 @@ def main() -> None:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)
     results = [run_exchange(work, backend, args.n, args.singles, args.profile, args.concurrency)
-               for backend in args.backends.split(",")]
-    alone = [run_receiver_alone(work, backend, args.n) for backend in args.backends.split(",")]
+               for backend in backends]
+    alone = [run_receiver_alone(work, backend, args.n) for backend in backends]
     print(f"\nbaseline (bare FastAPI, 2 KiB pydantic POST, wrk -t1 -c32): {base.rps:.0f} req/s, "
           f"p50 {base.p50_ms:.2f} ms, p99 {base.p99_ms:.2f} ms\n")
     print("| database | N | delivered+receipted msg/s | x baseline | p50 ms | p99 ms | baseline p50/p50 "
