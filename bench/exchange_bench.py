@@ -513,6 +513,8 @@ def main() -> None:
         return
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: apt-get install -y wrk")
+    if args.profile and not (Path(sys.executable).parent / "py-spy").exists():
+        sys.exit(f"--profile needs py-spy: {Path(sys.executable).parent / 'pip'} install py-spy")
     work = Path(tempfile.mkdtemp(prefix="comity-bench-"))
     base, server, port = run_baseline(work, args.duration)
     try:
