@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import httpx
 import structlog
@@ -43,9 +45,15 @@ REISSUE_CHECK_EVERY = 60.0
 Stamp = tuple[int, int, int]
 
 
+@functools.lru_cache(maxsize=16)
+def _meta_file(home: Path) -> str:
+    return os.fspath(meta_path(home))
+
+
 def _stamp(keystore: Keystore) -> Stamp | None:
+    """The keystore's commit point (checked at every use of the keys: one ``stat`` of a path built once)."""
     try:
-        st = meta_path(keystore.home).stat()
+        st = os.stat(_meta_file(keystore.home))
     except OSError:
         return None
     return st.st_ino, st.st_mtime_ns, st.st_size
