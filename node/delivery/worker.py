@@ -103,6 +103,10 @@ class DeliveryWorker:
         #: walks every queued message of the peers left out
         self._exhausted: frozenset[str] | None = None
         self._exhausted_at = 0.0
+        #: what happened while a claim ran (it may have missed it): messages queued, peers whose
+        #: deliveries ended
+        self._queued = 0
+        self._finished: set[str] = set()
         self._last_refresh: dict[str, float] = {}
         self._keyset = peer_lookup(db, ttl=KEYSET_TTL)  # the keyset held for a peer
         self._next_expiry = 0.0
@@ -112,6 +116,7 @@ class DeliveryWorker:
     def wake(self) -> None:
         """A message was queued."""
         self._exhausted = None
+        self._queued += 1
         self._wake.set()
 
     async def _write(self, job: Callable[..., T], *args: Any, **kw: Any) -> T:
@@ -139,6 +144,8 @@ class DeliveryWorker:
                     expire = time.monotonic() >= self._next_expiry
                     if expire:
                         self._next_expiry = time.monotonic() + EXPIRY_EVERY
+                    queued = self._queued
+                    self._finished.clear()
                     try:
                         claims = await self._write(
                             claim_due, owner=self.owner, now=self.clock(), limit=limit, skew=self.skew,
@@ -146,8 +153,11 @@ class DeliveryWorker:
                         )
                         if claims:
                             crash_point("after_claim_commit")  # tests only
-                        if len(claims) < limit:
+                        if self._queued != queued or not self._finished <= busy:
+                            self._exhausted = None  # something it may have missed happened meanwhile
+                        elif len(claims) < limit:  # nothing more, but for the peers it left out
                             self._exhausted, self._exhausted_at = frozenset(busy), time.monotonic()
+                        # (a full claim leaves an earlier finding as it was: it made nothing due)
                     except Exception as e:  # the database may be briefly unavailable; keep polling
                         log.error("claim_failed", error=type(e).__name__, detail=str(e)[:200])
                         claims = []
@@ -158,7 +168,7 @@ class DeliveryWorker:
                     if claims and len(self._in_flight) < self.concurrency:
                         continue
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=self.poll)
+                    await asyncio.wait_for(self._wake.wait(), timeout=self._next_look())
             if self._in_flight:
                 await asyncio.wait(set(self._in_flight), timeout=self.timeout)
             await witness
@@ -181,8 +191,17 @@ class DeliveryWorker:
             return False
         return self._exhausted <= busy
 
+    def _next_look(self) -> float:
+        """Seconds until the next round without a wake: ``poll``, or what is left of it since a
+        claim found nothing more (a message due meanwhile waits one poll at most, not two)."""
+        if self._exhausted is None:
+            return self.poll
+        return max(0.0, min(self.poll, self._exhausted_at + self.poll - time.monotonic()))
+
     def _done(self, task: asyncio.Task[None]) -> None:
         peer = self._in_flight.pop(task, None)
+        if peer is not None:
+            self._finished.add(peer)
         if self._exhausted is not None and peer not in self._exhausted:
             self._exhausted = None  # the next message of its conversation may be due now
         if not task.cancelled() and task.exception() is not None:

@@ -96,11 +96,59 @@ def test_a_claim_that_found_nothing_is_not_run_again_until_something_changes(
         running = asyncio.create_task(worker.run(stop))
         await asyncio.sleep(0.5)  # ~100 deliveries of 5 ms, six at a time
         stop.set()
+        worker._wake.set()  # (the loop would see the stop after its poll)
         await running
-        worker.wake()  # a message queued: the next claim leaving FR-DACG out runs again
+        assert worker._nothing_more({"FR-DACG"})  # within the poll: that claim would find nothing ...
+        worker.wake()  # ... until a message is queued
         assert not worker._nothing_more({"FR-DACG"})
 
     asyncio.run(scenario())
     delivered = sum(1 for c in calls if not c)
     assert delivered >= 10, calls  # FR-DACG's messages kept flowing, six at a time ...
     assert calls.count(frozenset({"FR-DACG"})) == 1, calls  # ... and the others were looked for once
+
+
+def test_a_message_queued_while_a_claim_runs_is_claimed_without_waiting_for_the_poll(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The claim may have read the outbox before the message committed: finding nothing then says
+    nothing about after, and the next round claims again at once."""
+    worker = DeliveryWorker(Database(f"sqlite:///{tmp_path / 'w.db'}"), authority="GB-UKCA", owner="w",
+                            concurrency=8, poll=30.0)
+    calls: list[float] = []
+
+    def claim(_session: object, **_kw: object) -> list[Claim]:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            worker.wake()  # queued and committed while this claim ran (and missed it)
+        return []
+
+    monkeypatch.setattr(worker_module, "claim_due", claim)
+
+    async def write(job: Any, *args: Any, **kw: Any) -> Any:
+        return job(None, *args, **kw)
+
+    async def witness(_client: object, stop: asyncio.Event) -> None:
+        await stop.wait()
+
+    async def scenario() -> None:
+        worker._write = write  # type: ignore[method-assign]
+        worker.witness.run = witness  # type: ignore[method-assign]
+        stop = asyncio.Event()
+        running = asyncio.create_task(worker.run(stop))
+        await asyncio.sleep(0.3)
+        stop.set()
+        worker._wake.set()  # (the loop would see the stop after its poll)
+        await running
+
+    asyncio.run(scenario())
+    assert len(calls) == 2, calls  # the second at once, not after the 30 s poll; then nothing new
+
+
+def test_after_a_claim_found_nothing_the_worker_looks_again_within_one_poll(tmp_path: Path) -> None:
+    worker = DeliveryWorker(Database(f"sqlite:///{tmp_path / 'w.db'}"), authority="GB-UKCA", owner="w",
+                            concurrency=8, poll=0.5)
+    assert worker._next_look() == 0.5
+    worker._exhausted, worker._exhausted_at = frozenset({"FR-DACG"}), time.monotonic() - 0.4
+    assert 0.0 < worker._next_look() <= 0.1  # what is left of the poll since that claim
+    worker._exhausted_at = time.monotonic() - 2
+    assert worker._next_look() == 0.0
