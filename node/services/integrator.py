@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from sqlalchemy import BigInteger, Connection, LargeBinary, any_, bindparam, select, text
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import BigInteger, Connection, LargeBinary, bindparam, select, text
 from sqlalchemy.orm import Session
 
 from protocol.heads import TreeHead, sign_head
@@ -31,7 +30,7 @@ from protocol.merkle import CompactRange
 from protocol.receipts import Receipt, sign_receipt
 
 from ..faults import crash_point
-from ..storage.db import Database, ManyRows, unnest_arrays
+from ..storage.db import Database, ManyRows, by_key, unnest_arrays
 from ..storage.models import audit_entries_table, audit_heads_table, audit_tree_table, inbox_table
 
 if TYPE_CHECKING:
@@ -114,20 +113,16 @@ def _load_tree(conn: Connection, log: str) -> tuple[bool, CompactRange]:
 _e = audit_entries_table.c
 _PENDING = (select(_e.id, _e.log, _e.leaf_hash, _e.event).where(_e.leaf_index.is_(None)).order_by(_e.id)
             .limit(bindparam("n")))
-# every entry of a batch, and every receipt: one statement each on PostgreSQL (ManyRows); the rows
-# updated are also named by key (``= ANY``): found through the primary key, never by reading the
-# whole table to join it with the arrays (PostgreSQL's choice for a table it believes small)
+# every entry of a batch, and every receipt: one statement each on PostgreSQL (ManyRows), the
+# rows found through their primary key (``by_key``)
 _INDICES = unnest_arrays({"i": BigInteger(), "n": BigInteger()})
 _SET_INDEX = ManyRows(
     audit_entries_table.update().where(_e.id == bindparam("i")).values(leaf_index=bindparam("n")),
-    audit_entries_table.update().where(_e.id == _INDICES.c.i, _e.id == any_(bindparam("i", type_=ARRAY(BigInteger))))
-    .values(leaf_index=_INDICES.c.n))
+    audit_entries_table.update().where(by_key(_e.id, _INDICES, "i")).values(leaf_index=_INDICES.c.n))
 _RECEIPTS = unnest_arrays({"s": BigInteger(), "r": LargeBinary()})
 _SET_RECEIPT = ManyRows(
     inbox_table.update().where(inbox_table.c.seq == bindparam("s")).values(receipt_jws=bindparam("r")),
-    inbox_table.update().where(inbox_table.c.seq == _RECEIPTS.c.s,
-                               inbox_table.c.seq == any_(bindparam("s", type_=ARRAY(BigInteger))))
-    .values(receipt_jws=_RECEIPTS.c.r))
+    inbox_table.update().where(by_key(inbox_table.c.seq, _RECEIPTS, "s")).values(receipt_jws=_RECEIPTS.c.r))
 
 
 def integrate_batch(

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, create_engine, event, func
+from sqlalchemy import Connection, Engine, and_, any_, bindparam, create_engine, event, func
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -201,7 +201,7 @@ class DriverStatement:
     def __init__(self, statement: Any, *, prepared: bool = True) -> None:
         self._statement = statement
         #: False: never a server-side prepared statement on PostgreSQL (see ``planned_for_values``)
-        self._prepare = None if prepared else False
+        self._prepared = prepared
         self._compiled: dict[str, tuple[str, tuple[str, ...] | None, tuple[str, ...], dict[str, Any]]] = {}
 
     def _sql(self, dialect: Any) -> tuple[str, tuple[str, ...] | None, tuple[str, ...], dict[str, Any]]:
@@ -243,7 +243,7 @@ class DriverStatement:
     def execute(self, conn: Connection, values: Mapping[str, Any]) -> tuple[int, Any]:
         """Run once; (rows affected, the first row returned or None)."""
         with self._cursor(conn) as (cursor, sql, params):
-            if self._prepare is False and conn.dialect.name == "postgresql":
+            if not self._prepared and conn.dialect.name == "postgresql":
                 cursor.execute(sql, params(values), prepare=False)
             else:
                 cursor.execute(sql, params(values))
@@ -290,6 +290,14 @@ def unnest_arrays(types: Mapping[str, Any], *, ordinality: str | None = None) ->
     elements of the type given; with ``ordinality``, a last column numbering the rows from 1."""
     fn = func.unnest(*(bindparam(n, type_=ARRAY(t)) for n, t in types.items()))
     return fn.table_valued(*types, with_ordinality=ordinality).render_derived(name="u")
+
+
+def by_key(column: Any, arrays: Any, name: str) -> Any:
+    """The rows of an ``UPDATE ... FROM`` ``arrays`` (``unnest_arrays``) whose ``column`` is the
+    array ``name``'s element — also as ``column = ANY(:name)``, so that PostgreSQL finds them through
+    ``column``'s index instead of reading the whole table to join it with the arrays (its choice
+    for a table it believes small, e.g. without statistics yet)."""
+    return and_(column == arrays.c[name], column == any_(bindparam(name, type_=ARRAY(column.type))))
 
 
 class ManyRows:
