@@ -63,6 +63,7 @@ _DECODER = json.JSONDecoder(object_pairs_hook=_pairs, parse_constant=_no_constan
 
 
 def _check(value: Any, depth: int, max_depth: int) -> None:
+    """Depth and lone surrogates (the decoder has checked integers already, ``_safe_int``)."""
     if depth > max_depth:
         raise ProtocolError(Category.MALFORMED, f"JSON nested deeper than {max_depth}")
     if isinstance(value, dict):
@@ -70,16 +71,16 @@ def _check(value: Any, depth: int, max_depth: int) -> None:
             _check_str(key)
             if isinstance(item, (dict, list)):
                 _check(item, depth + 1, max_depth)
-            else:
-                _check_scalar(item)
+            elif isinstance(item, str):
+                _check_str(item)
     elif isinstance(value, list):
         for item in value:
             if isinstance(item, (dict, list)):
                 _check(item, depth + 1, max_depth)
-            else:
-                _check_scalar(item)
-    else:
-        _check_scalar(value)
+            elif isinstance(item, str):
+                _check_str(item)
+    elif isinstance(value, str):
+        _check_str(value)
 
 
 def _check_str(value: str) -> None:
@@ -87,13 +88,6 @@ def _check_str(value: str) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
         raise ProtocolError(Category.MALFORMED, "JSON string holds a lone surrogate") from e
-
-
-def _check_scalar(value: Any) -> None:
-    if isinstance(value, str):
-        _check_str(value)
-    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SAFE_INTEGER:
-        raise ProtocolError(Category.MALFORMED, "JSON integer outside +-(2**53 - 1)")
 
 
 def parse_strict(data: bytes, *, max_bytes: int, max_depth: int = MAX_DEPTH) -> Any:
