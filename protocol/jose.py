@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,7 +32,6 @@ ENC_A256GCM = "A256GCM"
 MAX_HEADER_BYTES = 4096
 #: Header parameters that would let the sender choose keys or compression: never trusted.
 UNTRUSTED_KEY_PARAMS = frozenset({"jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256"})
-_B64URL_RE = re.compile(rb"[A-Za-z0-9_-]*")
 
 
 class Signer(Protocol):
@@ -74,18 +72,20 @@ _B64URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456
 #: For a segment of length 4k+2 (4k+3), the low 4 (2) bits of the last character carry no data and
 #: must be zero in the one canonical encoding.
 _UNUSED_BITS = {2: 0x0F, 3: 0x03}
+_TO_STANDARD = bytes.maketrans(b"-_", b"+/")
 
 
 def b64d(segment: bytes | str, *, what: str = "segment") -> bytes:
     """Strict, canonical base64url without padding; anything else is ``malformed``."""
     raw = segment.encode("ascii") if isinstance(segment, str) else segment
     rem = len(raw) % 4
-    if rem == 1 or _B64URL_RE.fullmatch(raw) is None:
+    # deleting every alphabet character leaves nothing: a C-speed check (a regex walked each byte)
+    if rem == 1 or raw.translate(None, _B64URL_ALPHABET):
         raise ProtocolError(Category.MALFORMED, f"{what} is not base64url without padding")
     if rem and _B64URL_ALPHABET.index(raw[-1]) & _UNUSED_BITS[rem]:
         raise ProtocolError(Category.MALFORMED, f"{what} is not canonical base64url")
     try:
-        return base64.urlsafe_b64decode(raw + b"=" * (-len(raw) % 4))
+        return binascii.a2b_base64(raw.translate(_TO_STANDARD) + b"=" * (-len(raw) % 4), strict_mode=True)
     except (binascii.Error, ValueError) as e:
         raise ProtocolError(Category.MALFORMED, f"{what} is not base64url") from e
 

@@ -146,7 +146,6 @@ def build_peer_router(node: Node) -> APIRouter:
             return await _accept(request, raw)
 
     async def _accept(request: Request, raw: bytes) -> Response:
-        sha = envelope_sha256(raw)
         now = node.clock()
         try:
             keys = node.keystore.decryption_keys(now)
@@ -157,6 +156,7 @@ def build_peer_router(node: Node) -> APIRouter:
                 opened = await asyncio.to_thread(open_inbound, raw, me=node.authority, decryption_keys=keys,
                                                  lookup_peer=lookup, now=now, limits=limits)
         except ProtocolError as e:
+            sha = envelope_sha256(raw)
             # (2) bytes already held are answered as held (their receipt, or their pending state), before
             # any verdict on freshness or keys: a replay of an old message is not an error
             held = await held_answer(sha)
@@ -171,6 +171,7 @@ def build_peer_router(node: Node) -> APIRouter:
             await asyncio.to_thread(record_rejection, node.db, rejected, authenticated=sender, source=source,
                                     message_id=None, now=now)
             return refusal(rejected.category, aud=rejected.aud, sha=sha, detail=e.detail)
+        sha = opened.sha256  # the raw bytes' SHA-256, computed once (by the opening)
         if opened.content.attachments:
             held = await held_answer(sha)
             if held is not None:

@@ -30,6 +30,7 @@ from protocol.rejections import SignedError, sign_error
 from ..storage.db import Database, DriverStatement
 from ..storage.models import InboxMessage, RejectionCount, inbox_table
 from .audit import ENTRY_CTE, append_entry, entry_params
+from .integrator import AfterCommit
 
 if TYPE_CHECKING:
     from .integrator import BatchResult
@@ -48,7 +49,7 @@ class Duplicate:
 
 
 @dataclass
-class Stored:
+class Stored(AfterCommit):
     """An inbound message stored by the node's writer; ``receipt`` is set when the integrator signed it
     in the same transaction (the writer calls ``after_commit``)."""
 
