@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from joserfc.jwk import OKPKey
 from sqlalchemy import bindparam, select
@@ -30,10 +30,7 @@ from protocol.rejections import SignedError, sign_error
 from ..storage.db import Database, DriverStatement
 from ..storage.models import InboxMessage, RejectionCount, inbox_table
 from .audit import ENTRY_CTE, append_entry, entry_params
-from .integrator import AfterCommit
-
-if TYPE_CHECKING:
-    from .integrator import BatchResult
+from .integrator import AfterCommit, BatchResult
 
 
 @dataclass(frozen=True)
