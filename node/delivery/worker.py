@@ -153,11 +153,14 @@ class DeliveryWorker:
                         )
                         if claims:
                             crash_point("after_claim_commit")  # tests only
-                        if self._queued != queued or not self._finished <= busy:
-                            self._exhausted = None  # something it may have missed happened meanwhile
-                        elif len(claims) < limit:  # nothing more, but for the peers it left out
+                        if self._queued != queued:
+                            self._exhausted = None  # queued meanwhile: it may have missed that
+                        elif len(claims) < limit and self._finished <= busy:
+                            # nothing more, but for the peers it left out (and no delivery to another
+                            # peer ended while it ran, which could have made that peer's next one due)
                             self._exhausted, self._exhausted_at = frozenset(busy), time.monotonic()
-                        # (a full claim leaves an earlier finding as it was: it made nothing due)
+                        # Otherwise an earlier finding stands: a full claim made nothing due, and a
+                        # delivery that ended meanwhile to a peer outside it has cleared it (``_done``).
                     except Exception as e:  # the database may be briefly unavailable; keep polling
                         log.error("claim_failed", error=type(e).__name__, detail=str(e)[:200])
                         claims = []

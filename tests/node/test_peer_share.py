@@ -4,6 +4,7 @@ databases), and the worker's room for the next claim keeps every peer under its 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import Counter
 from pathlib import Path
@@ -80,10 +81,15 @@ def test_a_claim_that_found_nothing_is_not_run_again_until_something_changes(
                             concurrency=8, poll=30.0)
 
     async def write(job: Any, *args: Any, **kw: Any) -> Any:
+        # a claim takes a while (it waits for the writer's batch): deliveries end meanwhile, and a
+        # claim that left nobody out says nothing about the finding for the peers left out before
+        await asyncio.sleep(0.002)
         return job(None, *args, **kw)
 
+    durations = random.Random(7)
+
     async def deliver(_client: object, _claim: Claim) -> None:
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(durations.uniform(0.001, 0.009))  # (they end at different times)
 
     async def witness(_client: object, stop: asyncio.Event) -> None:
         await stop.wait()
