@@ -65,21 +65,35 @@ class PeerWitness:
         #: since: kept in memory so that a delivery costs no database write (a check writes it first)
         self._held: dict[str, tuple[int, str]] = {}
         self._pending: dict[str, Commitment] = {}
+        #: per peer: one recording at a time (the receipts of a window arrive together, and each one
+        #: not yet covered by what is held would otherwise write — queueing on the row's lock)
+        self._recording: dict[str, asyncio.Lock] = {}
 
     # --- commitments --------------------------------------------------------------------------------
 
     async def observe(self, peer: str, tree_size: int, root: str, evidence: bytes) -> None:
         """A verified receipt or head of ``peer`` signed ``(tree_size, root)``."""
+        if self._kept(peer, tree_size, root, evidence):
+            return
+        async with self._recording.setdefault(peer, asyncio.Lock()):
+            # the recording this one waited for may have read what is held now
+            if not self._kept(peer, tree_size, root, evidence):
+                await self._record(peer, Commitment(tree_size, root, evidence))  # a first one, or a contradiction
+
+    def _kept(self, peer: str, tree_size: int, root: str, evidence: bytes) -> bool:
+        """Covered by the commitment held, or kept in memory for the next check: no write needed."""
         held = self._held.get(peer)
-        if held is not None and (tree_size < held[0] or (tree_size, root) == held):
-            return  # covered by the held commitment (receipts may arrive out of order)
-        if held is not None and tree_size > held[0]:
+        if held is None:
+            return False
+        if tree_size < held[0] or (tree_size, root) == held:
+            return True  # covered by the held commitment (receipts may arrive out of order)
+        if tree_size > held[0]:
             pending = self._pending.get(peer)
             if pending is None or tree_size > pending.tree_size:
                 self._pending[peer] = Commitment(tree_size, root, evidence)
             self._wake.set()
-            return
-        await self._record(peer, Commitment(tree_size, root, evidence))  # a first one, or a contradiction
+            return True
+        return False
 
     async def _record(self, peer: str, c: Commitment) -> bool:
         def record_once() -> tuple[bool, tuple[int, str] | None]:

@@ -221,6 +221,31 @@ def test_first_receipts_arriving_together_are_all_witnessed(world: tuple[Side, S
         assert not list(s.scalars(select(PeerLogFailure)))
 
 
+def test_receipts_arriving_together_write_the_peers_commitment_once(world: tuple[Side, Side]) -> None:
+    """A window of deliveries observes a peer's commitments at once; one records what is held, the
+    others wait for it and are then covered, or kept in memory for the next check (the largest)."""
+    a, b = world
+    witness = PeerWitness(a.db, clock=lambda: int(time.time()))
+    first = receipts(a, exchange(a, b, 6))
+    recorded: list[int] = []
+    record = witness._record
+
+    async def counted(peer: str, c: object) -> bool:
+        recorded.append(c.tree_size)  # type: ignore[attr-defined]
+        return await record(peer, c)  # type: ignore[arg-type]
+
+    witness._record = counted  # type: ignore[method-assign]
+
+    async def run() -> None:
+        await asyncio.gather(*(witness.observe(b.authority, size, root, token) for size, root, token in first))
+
+    asyncio.run(run())
+    assert len(recorded) == 1, recorded
+    largest = max(size for size, _root, _token in first)
+    held = peer_log(a, b.authority).tree_size
+    assert held == largest or witness._pending[b.authority].tree_size == largest
+
+
 def test_two_processes_starting_together_both_record_the_settings(world: tuple[Side, Side]) -> None:
     """``serve`` and ``worker`` (or two workers on PostgreSQL) of one node start at the same moment:
     both record the first settings.  Here one has inserted them and not committed yet when the other
