@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import and_, bindparam, exists, func, literal, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
-from ..services.audit import append_entries, append_entry, entry_for_each, entry_params, sha256_hex
+from ..services.audit import append_entries, append_entry, entry_for_each, entry_params, retract_entry, sha256_hex
 from ..storage.db import Database, DriverStatement, planned_for_values
 from ..storage.models import OutboxMessage, Peer, outbox_table, peers_table
 
@@ -207,7 +207,10 @@ def settle_delivered_in(session: Session, claim: Claim, *, owner: str, receipt_j
     }
     together = conn.dialect.name == "postgresql"
     if together:
-        settled, _ = _SETTLE_DELIVERED_WITH_ENTRY.execute(conn, {**values, **entry_params(**entry)})
+        params = entry_params(session, **entry)
+        settled, _ = _SETTLE_DELIVERED_WITH_ENTRY.execute(conn, {**values, **params})
+        if settled != 1:
+            retract_entry(session, params)  # (the statement wrote no entry either)
     else:
         settled, _ = _SETTLE_DELIVERED.execute(conn, values)
     if settled != 1:

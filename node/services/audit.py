@@ -1,4 +1,5 @@
-"""Audit log entries: written unsequenced in the caller's transaction, sequenced by the integrator.
+"""Audit log entries: written in the caller's transaction, sequenced by the integrator (at once,
+when the transaction is one of the integrating writer's: ``sequencer``).
 
 A leaf is RFC 8785 JSON of ``{v, log, event, at, ...metadata}``: metadata and envelope
 digests only — never subjects, bodies, names, or digests of plaintext.
@@ -10,7 +11,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from sqlalchemy import FromClause, Insert, bindparam, select
+from sqlalchemy import Connection, FromClause, Insert, bindparam, select
 from sqlalchemy.orm import Session
 
 from protocol.merkle import leaf_hash
@@ -18,6 +19,7 @@ from protocol.strictjson import canonical, parse_object
 
 from ..storage.db import DriverStatement, ManyRows, unnest_arrays
 from ..storage.models import audit_entries_table
+from .sequencer import Sequencer, sequencer_of
 
 LOGS = ("exchange", "access")
 
@@ -71,14 +73,15 @@ def derive_columns(leaf: bytes) -> dict[str, Any]:
 
 
 class Appended(NamedTuple):
-    """The row ``append_entry`` wrote (its leaf index comes later, from the integrator)."""
+    """The row ``append_entry`` wrote, and its leaf index if it got one at once (else the
+    integrator gives it one later)."""
 
     id: int
+    leaf_index: int | None = None
 
 
-_ENTRY_NAMES = ("log", "leaf_index", "leaf", "leaf_hash", "event", "at", "message_id", "peer", "envelope_sha256")
-_ROW_NAMES = tuple(n for n in _ENTRY_NAMES if n != "leaf_index")  # an entry's row: sequenced later
-_INSERT = audit_entries_table.insert().values({name: bindparam(name) for name in _ENTRY_NAMES})
+_ROW_NAMES = ("log", "leaf_index", "leaf", "leaf_hash", "event", "at", "message_id", "peer", "envelope_sha256")
+_INSERT = audit_entries_table.insert().values({name: bindparam(name) for name in _ROW_NAMES})
 _INSERT_ENTRY = DriverStatement(_INSERT.returning(audit_entries_table.c.id))
 # several at once, no ids back; on PostgreSQL one statement over arrays, rows taken in the order given
 _ROWS = unnest_arrays({n: audit_entries_table.c[n].type for n in _ROW_NAMES}, ordinality="ord")
@@ -97,21 +100,32 @@ def entry_for_each(source: FromClause) -> Insert:
                                                     select(*_ENTRY_BINDS.values()).select_from(source))
 
 
-def entry_params(*, event: str, at: int, log: str = "exchange", message_id: str | None = None,
+def entry_params(session: Session, *, event: str, at: int, log: str = "exchange", message_id: str | None = None,
                  peer: str | None = None, envelope_sha256: str | None = None,
                  details: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``append_entry``'s values for ``ENTRY_CTE`` and ``entry_for_each``."""
-    values = _entry_values(event=event, at=at, log=log, message_id=message_id, peer=peer,
-                           envelope_sha256=envelope_sha256, details=details)
+    """``append_entry``'s values for ``ENTRY_CTE`` and ``entry_for_each`` (a statement that may
+    write no entry hands them to ``retract_entry`` when it wrote none)."""
+    values = _entry_values(session.connection(), sequencer_of(session), event=event, at=at, log=log,
+                           message_id=message_id, peer=peer, envelope_sha256=envelope_sha256, details=details)
     return {f"e_{n}": values[n] for n in _ROW_NAMES}
 
 
-def _entry_values(*, event: str, at: int, log: str = "exchange", message_id: str | None = None,
-                  peer: str | None = None, envelope_sha256: str | None = None,
+def retract_entry(session: Session, params: Mapping[str, Any]) -> None:
+    """``entry_params``' entry was not written (its statement's source had no row): the leaf index
+    it was given, if any, is free again."""
+    seq = sequencer_of(session)
+    if seq is not None and params["e_leaf_index"] is not None:
+        seq.retract(params["e_log"], params["e_leaf_index"])
+
+
+def _entry_values(conn: Connection, sequencer: Sequencer | None, *, event: str, at: int, log: str = "exchange",
+                  message_id: str | None = None, peer: str | None = None, envelope_sha256: str | None = None,
                   details: Mapping[str, Any] | None = None) -> dict[str, Any]:
     leaf = encode_leaf(log=log, event=event, at=at, message_id=message_id, peer=peer,
                        envelope_sha256=envelope_sha256, details=details)
-    return {"log": log, "leaf_index": None, "leaf": leaf, "leaf_hash": leaf_hash(leaf).hex(), "event": event,
+    digest = leaf_hash(leaf)
+    index = None if sequencer is None else sequencer.assign(conn, log, digest)
+    return {"log": log, "leaf_index": index, "leaf": leaf, "leaf_hash": digest.hex(), "event": event,
             "at": at, "message_id": message_id, "peer": peer, "envelope_sha256": envelope_sha256}
 
 
@@ -119,12 +133,14 @@ def append_entry(
     session: Session, *, event: str, at: int, log: str = "exchange", message_id: str | None = None,
     peer: str | None = None, envelope_sha256: str | None = None, details: Mapping[str, Any] | None = None,
 ) -> Appended:
-    """Add an unsequenced entry in ``session``'s transaction; the integrator assigns its index."""
-    values = _entry_values(event=event, at=at, log=log, message_id=message_id, peer=peer,
-                           envelope_sha256=envelope_sha256, details=details)
+    """Add an entry in ``session``'s transaction; the integrator assigns its index (at once in the
+    integrating writer's transactions)."""
+    conn = session.connection()
+    values = _entry_values(conn, sequencer_of(session), event=event, at=at, log=log, message_id=message_id,
+                           peer=peer, envelope_sha256=envelope_sha256, details=details)
     # on the driver's cursor: this runs for every message sent, received and settled
-    _, row = _INSERT_ENTRY.execute(session.connection(), values)
-    return Appended(int(row[0]))
+    _, row = _INSERT_ENTRY.execute(conn, values)
+    return Appended(int(row[0]), values["leaf_index"])
 
 
 def append_entries(session: Session, entries: Sequence[Mapping[str, Any]]) -> None:
@@ -132,7 +148,8 @@ def append_entries(session: Session, entries: Sequence[Mapping[str, Any]]) -> No
     statement on PostgreSQL, one driver call on SQLite.  They get their rows, and later their leaf
     indices, in the order given."""
     if entries:
-        _INSERT_ENTRIES.execute(session.connection(), [_entry_values(**e) for e in entries])
+        conn, seq = session.connection(), sequencer_of(session)
+        _INSERT_ENTRIES.execute(conn, [_entry_values(conn, seq, **e) for e in entries])
 
 
 def sha256_hex(data: bytes) -> str:

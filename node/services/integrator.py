@@ -3,7 +3,9 @@
 A batch closes as soon as the previous one has committed and something is pending, or at
 ``BATCH_MAX`` entries — never on a timer while a receipt waits.  In one transaction it
 assigns leaf indices, extends the tree from its stored frontier, signs one head per log
-touched, and signs and stores the receipt of every ``received`` entry in the batch.
+touched, and signs and stores the receipt of every ``received`` entry in the batch.  The writer's
+own transactions give their entries indices as they write them (``sequencer``); the batch that
+ends such a transaction extends the tree with those first.
 """
 
 from __future__ import annotations
@@ -21,17 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import BigInteger, Connection, LargeBinary, bindparam, select, text
+from sqlalchemy import BigInteger, LargeBinary, bindparam, select, text
 from sqlalchemy.orm import Session
 
 from protocol.heads import TreeHead, sign_head
 from protocol.jose import Signer
-from protocol.merkle import CompactRange
 from protocol.receipts import Receipt, sign_receipt
 
 from ..faults import crash_point
 from ..storage.db import Database, ManyRows, by_key, unnest_arrays
 from ..storage.models import audit_entries_table, audit_heads_table, audit_tree_table, inbox_table
+from .sequencer import Received, begin_sequencing, load_tree, sequencer_of
 
 if TYPE_CHECKING:
     from ..metrics import NodeMetrics
@@ -95,19 +97,10 @@ class IntegratorLock:
 
 
 _t = audit_tree_table.c
-_TREE = select(_t.frontier).where(_t.log == bindparam("log"))
 _SAVE_TREE = audit_tree_table.update().where(_t.log == bindparam("b_log")).values(
     tree_size=bindparam("b_size"), frontier=bindparam("b_frontier"), root=bindparam("b_root"))
 _NEW_TREE = audit_tree_table.insert()
 _ADD_HEAD = audit_heads_table.insert()
-
-
-def _load_tree(conn: Connection, log: str) -> tuple[bool, CompactRange]:
-    """Whether ``log`` has a tree row yet, and its compact range (Core: this runs every batch)."""
-    frontier = conn.execute(_TREE, {"log": log}).scalar()
-    if frontier is None:
-        return False, CompactRange()
-    return True, CompactRange.from_json(json.loads(frontier))
 
 
 _e = audit_entries_table.c
@@ -128,20 +121,24 @@ _SET_RECEIPT = ManyRows(
 def integrate_batch(
     session: Session, *, authority: str, signer: Signer, now: int, batch_max: int = BATCH_MAX
 ) -> BatchResult:
-    """Sequence up to ``batch_max`` pending entries in ``session``'s transaction."""
+    """Sequence up to ``batch_max`` pending entries in ``session``'s transaction, after those its
+    sequencer (if any) gave indices as they were written; sign a head per log and the receipts."""
     # columns, not ORM objects, and one bulk UPDATE: this runs for every batch of every message
     conn = session.connection()
+    sequencer = sequencer_of(session)
     pending = conn.execute(_PENDING, {"n": batch_max}).all()
-    if not pending:
+    given = {} if sequencer is None else {log: leaves for log, leaves in sequencer.leaves.items() if leaves}
+    if not pending and not given:
         return BatchResult(0, (), {})
-    by_log: dict[str, list[Any]] = {}
+    by_log: dict[str, list[Any]] = {log: [] for log in given}
     for entry in pending:
         by_log.setdefault(entry.log, []).append(entry)
     heads: dict[str, int] = {}
     signed: dict[int, bytes] = {}  # inbox seq -> its receipt
     sequenced: list[dict[str, int]] = []
     for log, entries in by_log.items():
-        exists, cr = _load_tree(conn, log)
+        exists, cr = sequencer.trees[log] if log in given else load_tree(conn, log)  # type: ignore[union-attr]
+        cr.extend(given.get(log, ()))  # written with their indices already, in that order
         indices: dict[int, int] = {}
         for entry in entries:
             indices[entry.id] = cr.size
@@ -159,26 +156,27 @@ def integrate_batch(
         heads[log] = cr.size
         if log != "exchange":
             continue
+        # the messages stored in this transaction (known), and those of the entries found pending
+        messages: list[Received] = [] if sequencer is None else list(sequencer.received)
         received = {e.id: indices[e.id] for e in entries if e.event == "received"}
-        if not received:
-            continue
-        # columns, not ORM objects: the rows' envelopes are not needed here
-        i = inbox_table.c
-        rows = conn.execute(
-            select(i.seq, i.entry_id, i.sender, i.message_id, i.envelope_sha256, i.received_at)
-            .where(i.entry_id.in_(list(received)))
-        ).all()
-        for msg in rows:
+        if received:
+            # columns, not ORM objects: the rows' envelopes are not needed here
+            i = inbox_table.c
+            messages += [Received(m.seq, received[m.entry_id], m.sender, m.message_id, m.envelope_sha256,
+                                  m.received_at)
+                         for m in conn.execute(select(i.seq, i.entry_id, i.sender, i.message_id, i.envelope_sha256,
+                                                      i.received_at).where(i.entry_id.in_(list(received))))]
+        for msg in messages:
             receipt = Receipt(
                 iss=authority, aud=msg.sender, id=msg.message_id, envelope_sha256=msg.envelope_sha256,
-                received_at=msg.received_at, leaf_index=received[msg.entry_id], tree_size=cr.size, root=root,
+                received_at=msg.received_at, leaf_index=msg.leaf_index, tree_size=cr.size, root=root,
             )
             signed[msg.seq] = sign_receipt(receipt, signer=signer)
     _SET_RECEIPT.execute(conn, [{"s": seq, "r": jws} for seq, jws in signed.items()])
     _SET_INDEX.execute(conn, sequenced)
     session.flush()
     crash_point("integrator_mid_batch")  # tests only: dies before the batch commits
-    return BatchResult(len(pending), tuple(signed), heads, signed)
+    return BatchResult(len(pending) + sum(len(v) for v in given.values()), tuple(signed), heads, signed)
 
 
 def integrate_until_idle(db: Database, *, authority: str, signer: Signer, now: int) -> int:
@@ -402,6 +400,8 @@ class IntegratorLoop:
     def _together(self, jobs: list[tuple[Job, JobFuture]]) -> tuple[list[tuple[bool, Any]], BatchResult]:
         outcomes: list[tuple[bool, Any]] = []
         with self._db.write() as session:
+            if self.integrate:  # this transaction ends with the integrator batch: entries take their
+                begin_sequencing(session)  # indices as they are written (not written twice)
             for job, _fut in jobs:
                 try:
                     value = job(session)

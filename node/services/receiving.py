@@ -31,6 +31,7 @@ from ..storage.db import Database, DriverStatement
 from ..storage.models import InboxMessage, RejectionCount, inbox_table
 from .audit import ENTRY_CTE, append_entry, entry_params
 from .integrator import AfterCommit, BatchResult
+from .sequencer import Received, sequencer_of
 
 
 @dataclass(frozen=True)
@@ -175,10 +176,19 @@ def store_inbound_in(session: Session, opened: OpenedEnvelope, raw: bytes, *, no
         "received_at": now, "receipt_jws": None,
     }
     if conn.dialect.name == "postgresql":
-        _, row = _INSERT_INBOX_WITH_ENTRY.execute(conn, {**values, **entry_params(**entry)})
+        params = entry_params(session, **entry)
+        _, row = _INSERT_INBOX_WITH_ENTRY.execute(conn, {**values, **params})
+        leaf_index = params["e_leaf_index"]
     else:
-        _, row = _INSERT_INBOX.execute(conn, {**values, "entry_id": append_entry(session, **entry).id})
-    return Accepted(int(row[0]))
+        appended = append_entry(session, **entry)
+        _, row = _INSERT_INBOX.execute(conn, {**values, "entry_id": appended.id})
+        leaf_index = appended.leaf_index
+    seq = int(row[0])
+    if leaf_index is not None:  # sequenced at once: the batch ending this transaction signs its receipt
+        sequencer = sequencer_of(session)
+        assert sequencer is not None
+        sequencer.received.append(Received(seq, leaf_index, c.iss, c.id, opened.sha256, now))
+    return Accepted(seq)
 
 
 def _conflict(session: Session, opened: OpenedEnvelope, *, now: int) -> Rejected:

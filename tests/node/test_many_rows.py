@@ -4,16 +4,20 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
+from joserfc.jwk import OKPKey
 from sqlalchemy import bindparam, select, text
 
-from node.delivery.claims import claim_due_deliveries, settle_delivered
+from node.delivery.claims import claim_due_deliveries, settle_delivered, settle_delivered_in
 from node.services.audit import append_entries
-from node.services.integrator import _SET_INDEX, _SET_RECEIPT
+from node.services.integrator import _SET_INDEX, _SET_RECEIPT, IntegratorLoop
 from node.storage.db import Database, DriverStatement, ManyRows, unnest_arrays
-from node.storage.models import AuditEntry, OutboxMessage, peers_table
+from node.storage.models import AuditEntry, AuditTree, OutboxMessage, peers_table
+from protocol.jose import LocalSigner
+from protocol.merkle import CompactRange
 from tests.node.audit_world import queue_messages, two_sides
 
 _p = peers_table.c
@@ -79,6 +83,36 @@ def test_a_settle_whose_lease_was_lost_writes_no_entry(tmp_path: Path, backend: 
         with a.db.read() as session:
             row = session.get_one(OutboxMessage, claim.seq)
             assert (row.state, row.receipt_tree_size, row.receipt_leaf_index) == ("delivered", 5, 4)
+
+
+def test_in_the_integrating_writers_batch_a_lost_settle_leaves_no_gap_in_the_log(tmp_path: Path,
+                                                                                  backend: str) -> None:
+    """There the ``delivered`` entry takes its leaf index before the statement runs (PostgreSQL: the
+    settle and its entry are one statement); a settle that matched no claim gives the index back."""
+    with two_sides(tmp_path, backend) as (a, b):
+        now = int(time.time())
+        queue_messages(a, b.authority, 2, now)
+        claims = claim_due_deliveries(a.db, owner="worker-1", now=now, limit=10)
+        receipt = dict(receipt_jws=b"receipt", received_at=now, leaf_index=4, tree_size=5, root="ab" * 32, now=now)
+        signer = LocalSigner(OKPKey.generate_key("Ed25519"))
+        writer = IntegratorLoop(a.db, authority=a.authority, signer=lambda: signer, clock=lambda: now)
+
+        def settle(owner: str, claim: object) -> object:
+            return lambda session: settle_delivered_in(session, claim, owner=owner, **receipt)  # type: ignore[arg-type]
+
+        jobs = [(settle("worker-2", claims[0]), Future()), (settle("worker-1", claims[0]), Future()),
+                (settle("worker-2", claims[1]), Future()), (settle("worker-1", claims[1]), Future())]
+        writer.run_once(jobs)  # type: ignore[arg-type]
+        assert [fut.result(timeout=0) for _job, fut in jobs] == [False, True, False, True]
+        with a.db.read() as session:
+            rows = session.execute(select(AuditEntry.event, AuditEntry.leaf_index, AuditEntry.leaf_hash)
+                                   .where(AuditEntry.log == "exchange").order_by(AuditEntry.leaf_index)).all()
+            tree = session.get_one(AuditTree, "exchange")
+        assert [r.leaf_index for r in rows] == list(range(len(rows)))  # every entry, no gap
+        assert [r.event for r in rows].count("delivered") == 2
+        cr = CompactRange()
+        cr.extend(bytes.fromhex(r.leaf_hash) for r in rows)
+        assert (tree.tree_size, tree.root) == (cr.size, cr.root().hex())
 
 
 @pytest.mark.parametrize("backend", ["postgres"], indirect=True)

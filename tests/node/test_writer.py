@@ -17,12 +17,14 @@ from joserfc.jwk import OKPKey
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from node.services.audit import append_entry
+from node.services.audit import append_entry, entry_params, retract_entry
 from node.services.integrator import BatchResult, IntegratorLoop, StoppedError
+from node.services.sequencer import Sequencer
 from node.storage.db import Checkpointer, Database
 from node.storage.migrate import upgrade_url
-from node.storage.models import AuditEntry, AuditHead
+from node.storage.models import AuditEntry, AuditHead, AuditTree
 from protocol.jose import LocalSigner
+from protocol.merkle import CompactRange
 
 
 @pytest.fixture
@@ -76,8 +78,82 @@ def test_a_failing_job_fails_alone(db: Database) -> None:
     with pytest.raises(ValueError, match="this job fails"):
         jobs[1][1].result(timeout=0)
     with db.read() as session:
-        events = list(session.scalars(select(AuditEntry.event).order_by(AuditEntry.id)))
-    assert events == ["first", "third"]  # the failed job's own write was rolled back with it
+        rows = session.execute(select(AuditEntry.event, AuditEntry.leaf_index).order_by(AuditEntry.id)).all()
+    assert [r.event for r in rows] == ["first", "third"]  # the failed job's own write was rolled back with it
+    assert sorted(r.leaf_index for r in rows) == [0, 1]  # and the indices given with it: no gap
+
+
+def _tree_matches_entries(db: Database) -> None:
+    """The stored tree (size and root) is that of the entries' leaf hashes in index order."""
+    with db.read() as session:
+        hashes = list(session.scalars(select(AuditEntry.leaf_hash).where(AuditEntry.log == "exchange")
+                                      .order_by(AuditEntry.leaf_index)))
+        tree = session.get(AuditTree, "exchange")
+        heads = list(session.scalars(select(AuditHead.tree_size).order_by(AuditHead.tree_size)))
+    cr = CompactRange()
+    cr.extend(bytes.fromhex(h) for h in hashes)
+    assert tree is not None and (tree.tree_size, tree.root) == (cr.size, cr.root().hex())
+    assert heads[-1] == cr.size
+
+
+def test_the_integrating_writers_entries_take_their_index_as_written_and_pending_ones_follow(
+        db: Database) -> None:
+    """Not written twice (inserted, then sequenced): inside the batch's own transaction the rows
+    hold their indices already; entries other transactions left unsequenced come after them."""
+    with db.write() as session:  # another transaction's (e.g. a CLI command's), not sequenced
+        append_entry(session, event="earlier", at=1, peer="FR-DACG")
+    seen: list[int | None] = []
+
+    def job(session: Session) -> None:
+        for i in range(3):
+            append_entry(session, event=f"own{i}", at=1, peer="FR-DACG")
+        seen.extend(session.scalars(select(AuditEntry.leaf_index).where(AuditEntry.event.like("own%"))
+                                    .order_by(AuditEntry.id)))
+
+    result = _loop(db).run_once([(job, Future())])  # type: ignore[list-item]
+    assert seen == [0, 1, 2]
+    assert result.entries == 4 and result.heads == {"exchange": 4}
+    with db.read() as session:
+        order = list(session.scalars(select(AuditEntry.event).order_by(AuditEntry.leaf_index)))
+    assert order == ["own0", "own1", "own2", "earlier"]
+    _tree_matches_entries(db)
+    # the next batch goes on from there
+    _loop(db).run_once([(_entry("next"), Future())])  # type: ignore[list-item]
+    with db.read() as session:
+        assert session.execute(select(AuditEntry.leaf_index).where(AuditEntry.event == "next")).scalar_one() == 4
+    _tree_matches_entries(db)
+
+
+def test_an_index_given_to_an_entry_not_written_is_given_to_the_next(db: Database) -> None:
+    """A settle that lost its claim writes no ``delivered`` entry: the index it was given goes to the
+    next entry, so that the log has no gap."""
+    def job(session: Session) -> None:
+        append_entry(session, event="kept", at=1, peer="FR-DACG")
+        params = entry_params(session, event="never", at=1, peer="FR-DACG")
+        assert params["e_leaf_index"] == 1
+        retract_entry(session, params)
+        append_entry(session, event="after", at=1, peer="FR-DACG")
+
+    fut: Future[object] = Future()
+    _loop(db).run_once([(job, fut)])  # type: ignore[list-item]
+    fut.result(timeout=0)
+    with db.read() as session:
+        rows = session.execute(select(AuditEntry.event, AuditEntry.leaf_index).order_by(AuditEntry.leaf_index)).all()
+    assert [(r.event, r.leaf_index) for r in rows] == [("kept", 0), ("after", 1)]
+    _tree_matches_entries(db)
+
+
+def test_only_the_last_index_given_can_be_taken_back() -> None:
+    seq = Sequencer()
+    seq.trees["exchange"], seq.leaves["exchange"] = (True, CompactRange()), []  # (as if loaded: size 0)
+    first = seq.assign(None, "exchange", b"\x01" * 32)  # type: ignore[arg-type]
+    second = seq.assign(None, "exchange", b"\x02" * 32)  # type: ignore[arg-type]
+    assert (first, second) == (0, 1)
+    with pytest.raises(RuntimeError, match="only the last index"):
+        seq.retract("exchange", first)  # an entry after it holds index 1: taking 0 back leaves a gap
+    seq.retract("exchange", second)
+    assert seq.assign(None, "exchange", b"\x03" * 32) == 1  # type: ignore[arg-type]
+    assert seq.count == 2
 
 
 def test_results_arrive_only_after_the_commit(db: Database) -> None:
