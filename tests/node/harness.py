@@ -169,14 +169,18 @@ class NodeHandle:
         """This node's database, opened from the test process (dispose it after use)."""
         return Database(self.database_url or f"sqlite:///{self.home / 'comity.db'}")
 
-    def make_due(self) -> None:
-        """Skip the backoff (and a dead process's lease): every pending message's next attempt is due now."""
+    def make_due(self, *, leases: bool = True) -> None:
+        """Skip the backoff (and, with ``leases``, a dead process's lease): every pending message's next
+        attempt is due now.  ``leases=False`` while the node runs: its worker may have claimed a message
+        already, and freeing that lease would let it claim the message a second time, two attempts at once."""
         db = self.database()
         try:
             with db.write() as session:
                 session.query(Peer).update({Peer.next_attempt_at: 0})
-                session.query(OutboxMessage).filter(OutboxMessage.state.in_(("queued", "sending"))).update(
-                    {OutboxMessage.next_attempt_at: 0, OutboxMessage.lease_until: None})
+                due: dict[Any, Any] = {OutboxMessage.next_attempt_at: 0}
+                if leases:
+                    due[OutboxMessage.lease_until] = None
+                session.query(OutboxMessage).filter(OutboxMessage.state.in_(("queued", "sending"))).update(due)
         finally:
             db.dispose()
 
