@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -85,6 +86,8 @@ class NodeMetrics:
                                          buckets=_LATENCY_BUCKETS, registry=r)
         self.receipts = Counter("comity_receipts", "Receipts: verified and stored (received) or signed here "
                                 "for incoming messages (signed).", ["direction"], registry=r)
+        self._receipts_received = self.receipts.labels("received")
+        self._attempt_children: dict[tuple[str, str], tuple[Any, Any]] = {}
         self.rejections = Counter("comity_inbox_rejections", "Incoming envelopes refused, by category.",
                                   ["category"], registry=r)
         self.batch_entries = Histogram("comity_integrator_batch_entries", "Log entries sequenced per batch.",
@@ -100,8 +103,17 @@ class NodeMetrics:
         self.registry.register(DatabaseCollector(db, clock))
 
     def observe_attempt(self, peer: str, outcome: str, started: float) -> None:
-        self.attempts.labels(peer=peer, outcome=outcome).inc()
-        self.attempt_seconds.labels(peer=peer).observe(time.perf_counter() - started)
+        # the labelled children kept: ``labels(...)`` checks and hashes its arguments under a lock on
+        # each call, and this runs for every delivery attempt
+        children = self._attempt_children.get((peer, outcome))
+        if children is None:
+            children = self._attempt_children[(peer, outcome)] = (
+                self.attempts.labels(peer, outcome), self.attempt_seconds.labels(peer))
+        children[0].inc()
+        children[1].observe(time.perf_counter() - started)
+
+    def receipt_received(self) -> None:
+        self._receipts_received.inc()
 
     def observe_batch(self, entries: int, receipts: int, seconds: float) -> None:
         self.batch_entries.observe(entries)

@@ -299,7 +299,7 @@ class DeliveryWorker:
             root=receipt.root, now=self.clock(),
         )
         if self.metrics is not None:
-            self.metrics.receipts.labels(direction="received").inc()
+            self.metrics.receipt_received()
         blog.info("delivered", duplicate=resp.status == 200, peer_leaf_index=receipt.leaf_index)
         await self.witness.observe(claim.peer, receipt.tree_size, receipt.root, resp.body)
 
