@@ -103,8 +103,10 @@ def entry_for_each(source: FromClause) -> Insert:
 def entry_params(session: Session, *, event: str, at: int, log: str = "exchange", message_id: str | None = None,
                  peer: str | None = None, envelope_sha256: str | None = None,
                  details: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """``append_entry``'s values for ``ENTRY_CTE`` and ``entry_for_each`` (a statement that may
-    write no entry hands them to ``retract_entry`` when it wrote none)."""
+    """``append_entry``'s values for ``ENTRY_CTE`` and ``entry_for_each``.  The statement must write
+    the entry before anything else is given an index, or hand these to ``retract_entry``: when it
+    wrote none (a source without rows), or failed and the job goes on (a job that raises rolls
+    the whole transaction back, indices included)."""
     values = _entry_values(session.connection(), sequencer_of(session), event=event, at=at, log=log,
                            message_id=message_id, peer=peer, envelope_sha256=envelope_sha256, details=details)
     return {f"e_{n}": values[n] for n in _ROW_NAMES}
@@ -139,7 +141,11 @@ def append_entry(
     values = _entry_values(conn, sequencer_of(session), event=event, at=at, log=log, message_id=message_id,
                            peer=peer, envelope_sha256=envelope_sha256, details=details)
     # on the driver's cursor: this runs for every message sent, received and settled
-    _, row = _INSERT_ENTRY.execute(conn, values)
+    try:
+        _, row = _INSERT_ENTRY.execute(conn, values)
+    except Exception:
+        _give_back(session, [values])  # (a caller that goes on after the error leaves no gap)
+        raise
     return Appended(int(row[0]), values["leaf_index"])
 
 
@@ -149,7 +155,21 @@ def append_entries(session: Session, entries: Sequence[Mapping[str, Any]]) -> No
     indices, in the order given."""
     if entries:
         conn, seq = session.connection(), sequencer_of(session)
-        _INSERT_ENTRIES.execute(conn, [_entry_values(conn, seq, **e) for e in entries])
+        rows = [_entry_values(conn, seq, **e) for e in entries]
+        try:
+            _INSERT_ENTRIES.execute(conn, rows)
+        except Exception:
+            _give_back(session, rows)
+            raise
+
+
+def _give_back(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
+    """The indices given to ``rows`` (the last ones given), their insert having failed."""
+    seq = sequencer_of(session)
+    if seq is not None:
+        for row in reversed(rows):
+            if row["leaf_index"] is not None:
+                seq.retract(row["log"], row["leaf_index"])
 
 
 def sha256_hex(data: bytes) -> str:

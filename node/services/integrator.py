@@ -1,7 +1,9 @@
 """The log integrator: one per database, group commit of audit entries into signed tree heads.
 
 A batch closes as soon as the previous one has committed and something is pending, or at
-``BATCH_MAX`` entries — never on a timer while a receipt waits.  In one transaction it
+``BATCH_MAX`` entries left pending by other transactions (the writer's own jobs, whose entries
+take their indices as written, are bounded by its ``max_jobs``) — never on a timer while a
+receipt waits.  In one transaction it
 assigns leaf indices, extends the tree from its stored frontier, signs one head per log
 touched, and signs and stores the receipt of every ``received`` entry in the batch.  The writer's
 own transactions give their entries indices as they write them (``sequencer``); the batch that

@@ -143,6 +143,34 @@ def test_an_index_given_to_an_entry_not_written_is_given_to_the_next(db: Databas
     _tree_matches_entries(db)
 
 
+def test_an_entry_whose_insert_failed_gives_its_index_back(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job that goes on after a failed insert (SQLite does not abort the transaction) leaves no gap."""
+    import node.services.audit as audit
+
+    class Failing:
+        def execute(self, *_a: object, **_kw: object) -> None:
+            raise RuntimeError("the insert failed")
+
+    def job(session: Session) -> None:
+        append_entry(session, event="kept", at=1, peer="FR-DACG")
+        with monkeypatch.context() as m:
+            m.setattr(audit, "_INSERT_ENTRY", Failing())
+            m.setattr(audit, "_INSERT_ENTRIES", Failing())
+            with pytest.raises(RuntimeError):
+                append_entry(session, event="lost", at=1, peer="FR-DACG")
+            with pytest.raises(RuntimeError):
+                audit.append_entries(session, [dict(event="lost", at=1), dict(event="lost", at=1)])
+        append_entry(session, event="after", at=1, peer="FR-DACG")
+
+    fut: Future[object] = Future()
+    _loop(db).run_once([(job, fut)])  # type: ignore[list-item]
+    fut.result(timeout=0)
+    with db.read() as session:
+        rows = session.execute(select(AuditEntry.event, AuditEntry.leaf_index).order_by(AuditEntry.leaf_index)).all()
+    assert [(r.event, r.leaf_index) for r in rows] == [("kept", 0), ("after", 1)]
+    _tree_matches_entries(db)
+
+
 def test_only_the_last_index_given_can_be_taken_back() -> None:
     seq = Sequencer()
     seq.trees["exchange"], seq.leaves["exchange"] = (True, CompactRange()), []  # (as if loaded: size 0)
