@@ -186,8 +186,10 @@ def queue_directly(node: NodeHandle, to: str, count: int) -> list[str]:
     return ids
 
 
-def start_worker(node: NodeHandle, name: str, crash_at: str | None = None) -> subprocess.Popen[bytes]:
-    env = node.env({**TESTING, "COMITY_LEASE_SECONDS": "3", **({"COMITY_CRASH_AT": crash_at} if crash_at else {})})
+def start_worker(node: NodeHandle, name: str, crash_at: str | None = None, concurrency: int | None = None
+                 ) -> subprocess.Popen[bytes]:
+    env = node.env({**TESTING, "COMITY_LEASE_SECONDS": "3", **({"COMITY_CRASH_AT": crash_at} if crash_at else {}),
+                    **({"COMITY_WORKER_CONCURRENCY": str(concurrency)} if concurrency else {})})
     logf = (node.home.parent / f"{name}.log").open("ab")
     try:
         return subprocess.Popen([sys.executable, "-m", "node.cli.main", "worker", "--home", str(node.home),
@@ -211,7 +213,11 @@ def test_two_workers_on_one_postgres_database_under_kill_9(tmp_path: Path) -> No
         a, b = n["GB-UKCA"], n["FR-DACG"]
         b.start()
         ids = queue_directly(a, b.authority, 60)
-        workers = [start_worker(a, "w1", crash_at="after_post_before_receipt_stored:5"), start_worker(a, "w2")]
+        # a few deliveries in flight each: with the default window the first worker to claim took all
+        # 60 messages in one claim, and delivered them before the test could kill it (or the other
+        # never reached its crash point)
+        workers = [start_worker(a, "w1", crash_at="after_post_before_receipt_stored:5", concurrency=4),
+                   start_worker(a, "w2", concurrency=4)]
         try:
             deadline = time.monotonic() + 60
             while delivered_count(a) < 12 and time.monotonic() < deadline:
