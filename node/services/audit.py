@@ -115,9 +115,7 @@ def entry_params(session: Session, *, event: str, at: int, log: str = "exchange"
 def retract_entry(session: Session, params: Mapping[str, Any]) -> None:
     """``entry_params``' entry was not written (its statement's source had no row): the leaf index
     it was given, if any, is free again."""
-    seq = sequencer_of(session)
-    if seq is not None and params["e_leaf_index"] is not None:
-        seq.retract(params["e_log"], params["e_leaf_index"])
+    _give_back(session, [{"log": params["e_log"], "leaf_index": params["e_leaf_index"]}])
 
 
 def _entry_values(conn: Connection, sequencer: Sequencer | None, *, event: str, at: int, log: str = "exchange",
@@ -164,7 +162,7 @@ def append_entries(session: Session, entries: Sequence[Mapping[str, Any]]) -> No
 
 
 def _give_back(session: Session, rows: Sequence[Mapping[str, Any]]) -> None:
-    """The indices given to ``rows`` (the last ones given), their insert having failed."""
+    """The indices given to ``rows`` (the last ones given): they were not written."""
     seq = sequencer_of(session)
     if seq is not None:
         for row in reversed(rows):

@@ -3,9 +3,9 @@
 A batch closes as soon as the previous one has committed and something is pending, or at
 ``BATCH_MAX`` entries left pending by other transactions (the writer's own jobs, whose entries
 take their indices as written, are bounded by its ``max_jobs``) — never on a timer while a
-receipt waits.  In one transaction it
-assigns leaf indices, extends the tree from its stored frontier, signs one head per log
-touched, and signs and stores the receipt of every ``received`` entry in the batch.  The writer's
+receipt waits.  In one transaction it assigns leaf indices, extends the tree from its stored
+frontier, signs one head per log touched, and signs and stores the receipt of every ``received``
+entry in the batch.  The writer's
 own transactions give their entries indices as they write them (``sequencer``); the batch that
 ends such a transaction extends the tree with those first.
 """
@@ -178,7 +178,8 @@ def integrate_batch(
     _SET_INDEX.execute(conn, sequenced)
     session.flush()
     crash_point("integrator_mid_batch")  # tests only: dies before the batch commits
-    return BatchResult(len(pending) + sum(len(v) for v in given.values()), tuple(signed), heads, signed)
+    direct = 0 if sequencer is None else sequencer.count
+    return BatchResult(len(pending) + direct, tuple(signed), heads, signed)
 
 
 def integrate_until_idle(db: Database, *, authority: str, signer: Signer, now: int) -> int:

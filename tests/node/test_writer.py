@@ -124,6 +124,17 @@ def test_the_integrating_writers_entries_take_their_index_as_written_and_pending
     _tree_matches_entries(db)
 
 
+def _kept_then_after(db: Database, job: object) -> None:
+    """Run ``job`` in a writer batch: only its entries "kept" and "after" are written, indices 0 and 1."""
+    fut: Future[object] = Future()
+    _loop(db).run_once([(job, fut)])  # type: ignore[list-item]
+    fut.result(timeout=0)
+    with db.read() as session:
+        rows = session.execute(select(AuditEntry.event, AuditEntry.leaf_index).order_by(AuditEntry.leaf_index)).all()
+    assert [(r.event, r.leaf_index) for r in rows] == [("kept", 0), ("after", 1)]
+    _tree_matches_entries(db)
+
+
 def test_an_index_given_to_an_entry_not_written_is_given_to_the_next(db: Database) -> None:
     """A settle that lost its claim writes no ``delivered`` entry: the index it was given goes to the
     next entry, so that the log has no gap."""
@@ -134,13 +145,7 @@ def test_an_index_given_to_an_entry_not_written_is_given_to_the_next(db: Databas
         retract_entry(session, params)
         append_entry(session, event="after", at=1, peer="FR-DACG")
 
-    fut: Future[object] = Future()
-    _loop(db).run_once([(job, fut)])  # type: ignore[list-item]
-    fut.result(timeout=0)
-    with db.read() as session:
-        rows = session.execute(select(AuditEntry.event, AuditEntry.leaf_index).order_by(AuditEntry.leaf_index)).all()
-    assert [(r.event, r.leaf_index) for r in rows] == [("kept", 0), ("after", 1)]
-    _tree_matches_entries(db)
+    _kept_then_after(db, job)
 
 
 def test_an_entry_whose_insert_failed_gives_its_index_back(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -162,13 +167,7 @@ def test_an_entry_whose_insert_failed_gives_its_index_back(db: Database, monkeyp
                 audit.append_entries(session, [dict(event="lost", at=1), dict(event="lost", at=1)])
         append_entry(session, event="after", at=1, peer="FR-DACG")
 
-    fut: Future[object] = Future()
-    _loop(db).run_once([(job, fut)])  # type: ignore[list-item]
-    fut.result(timeout=0)
-    with db.read() as session:
-        rows = session.execute(select(AuditEntry.event, AuditEntry.leaf_index).order_by(AuditEntry.leaf_index)).all()
-    assert [(r.event, r.leaf_index) for r in rows] == [("kept", 0), ("after", 1)]
-    _tree_matches_entries(db)
+    _kept_then_after(db, job)
 
 
 def test_only_the_last_index_given_can_be_taken_back() -> None:
