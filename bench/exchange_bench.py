@@ -334,8 +334,8 @@ class Exchange:
     backend: str
     n: int
     rate: float
-    p50_ms: float
-    p99_ms: float
+    p50_ms: float | None  # of the single messages (None: ``--singles 0``, no latency run)
+    p99_ms: float | None
     sender_cpu_ms: float  # CPU milliseconds per message delivered (the sender, A)
     receiver_cpu_ms: float  # (the receiver, B)
     server_cpu_ms: float | None  # (PostgreSQL's server processes, both databases; None on SQLite)
@@ -428,8 +428,8 @@ def run_exchange(work: Path, backend: str, n: int, singles: int, profile: str | 
                     time.sleep(0.001)
                 latencies.append((time.perf_counter() - started) * 1000)
         db.dispose()
-        q = statistics.quantiles(latencies, n=100)
-        return Exchange(backend, n, rate, q[49], q[98], cpu_a, cpu_b, cpu_server)
+        q = statistics.quantiles(latencies, n=100) if latencies else None
+        return Exchange(backend, n, rate, q[49] if q else None, q[98] if q else None, cpu_a, cpu_b, cpu_server)
     finally:
         a.stop()
         b.stop()
@@ -491,6 +491,15 @@ def run_receiver_alone(work: Path, backend: str, n: int, lanes: int = 32) -> Rec
             drop_databases(dbs)
 
 
+def exchange_row(r: Exchange, base: Baseline) -> str:
+    """One row of the end-to-end table ("-" where a figure was not measured)."""
+    server = "-" if r.server_cpu_ms is None else f"{r.server_cpu_ms:.2f}"
+    latency = ("| - | - | - " if r.p50_ms is None or r.p99_ms is None
+               else f"| {r.p50_ms:.1f} | {r.p99_ms:.1f} | {base.p50_ms / r.p50_ms:.3f}x ")
+    return (f"| {r.backend} | {r.n} | {r.rate:.0f} | {r.rate / base.rps:.3f}x {latency}"
+            f"| {r.sender_cpu_ms:.2f} | {r.receiver_cpu_ms:.2f} | {server} |")
+
+
 def _backends(value: str) -> list[str]:
     """``--backends``: a name not known is refused (it would have run on SQLite under that name)."""
     names = [v.strip() for v in value.split(",") if v.strip()]
@@ -507,10 +516,27 @@ def _positive(value: str) -> int:
     return n
 
 
+def _bulk(value: str) -> int:
+    """``-n``: the receiver-alone run's percentiles need at least two messages."""
+    n = int(value)
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"{value}: at least 2 messages (percentiles need two)")
+    return n
+
+
+def _singles(value: str) -> int:
+    """``--singles``: 0 skips the latency run; otherwise percentiles need at least two messages."""
+    n = int(value)
+    if n == 0 or n >= 2:
+        return n
+    raise argparse.ArgumentTypeError(f"{value}: use 0 (no latency run) or at least 2 (percentiles need two)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-n", type=int, default=2000, help="messages queued for the bulk run")
-    parser.add_argument("--singles", type=int, default=200, help="single messages for the latency run")
+    parser.add_argument("-n", type=_bulk, default=2000, help="messages queued for the bulk run (at least 2)")
+    parser.add_argument("--singles", type=_singles, default=200,
+                        help="single messages for the latency run (0: none)")
     parser.add_argument("--duration", type=int, default=10, help="wrk seconds")
     parser.add_argument("--backends", default="sqlite,postgres", type=_backends,
                         help="comma-separated, of: sqlite, postgres")
@@ -520,7 +546,7 @@ def main() -> None:
                              "idle: waiting threads too)")
     parser.add_argument("--baseline-runs", type=_positive, default=3,
                         help="wrk runs of the baseline; the best is the denominator (default: 3)")
-    parser.add_argument("--concurrency", type=int, help="the sender's worker_concurrency (default: the node's)")
+    parser.add_argument("--concurrency", type=_positive, help="the sender's worker_concurrency (default: the node's)")
     parser.add_argument("--client-run", nargs=3, metavar=("KIND", "CONCURRENCY", "URL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     backends: list[str] = args.backends
@@ -549,9 +575,7 @@ def main() -> None:
           "| CPU ms/msg A | CPU ms/msg B | CPU ms/msg PostgreSQL |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        server = "-" if r.server_cpu_ms is None else f"{r.server_cpu_ms:.2f}"
-        print(f"| {r.backend} | {r.n} | {r.rate:.0f} | {r.rate / base.rps:.3f}x | {r.p50_ms:.1f} | {r.p99_ms:.1f} "
-              f"| {base.p50_ms / r.p50_ms:.3f}x | {r.sender_cpu_ms:.2f} | {r.receiver_cpu_ms:.2f} | {server} |")
+        print(exchange_row(r, base))
     print("\nthe receiver alone (B driven with A's sealed envelopes, 32 at a time, from this process):\n")
     print("| database | N | receipts/s | x baseline | p50 ms | p99 ms | CPU ms/msg B (start-up excluded) |")
     print("|---|---|---|---|---|---|---|")

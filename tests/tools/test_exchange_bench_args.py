@@ -1,0 +1,52 @@
+"""bench/exchange_bench.py refuses counts it cannot report on, before it spends minutes measuring.
+
+Percentiles need at least two samples: ``-n 1`` or ``--singles 1`` used to run the whole bulk
+exchange and then crash in ``statistics.quantiles``; ``--singles 0`` (no latency run, useful when
+profiling) crashed the same way.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "exchange_bench.py"
+
+
+def _bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("exchange_bench", BENCH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up while being built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["-n", "1"], "argument -n: 1: at least 2 messages"),
+    (["-n", "0"], "argument -n: 0: at least 2 messages"),
+    (["--singles", "1"], "argument --singles: 1: use 0 (no latency run) or at least 2"),
+    (["--singles", "-3"], "argument --singles: -3: use 0"),
+    (["--concurrency", "0"], "argument --concurrency: 0 is not a positive count"),
+    (["--baseline-runs", "0"], "argument --baseline-runs: 0 is not a positive count"),
+    (["--backends", "mysql"], "unknown backend mysql"),
+])
+def test_counts_it_cannot_report_on_are_refused_at_once(args: list[str], message: str) -> None:
+    done = subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert message in done.stderr
+
+
+def test_a_run_without_latencies_prints_dashes_in_their_columns() -> None:
+    bench = _bench()
+    assert (bench._singles("0"), bench._singles("2"), bench._bulk("2")) == (0, 2, 2)
+    base = bench.Baseline(2800.0, 11.0, 15.0)
+    assert (bench.exchange_row(bench.Exchange("sqlite", 300, 369.0, None, None, 10.73, 10.87, None), base)
+            == "| sqlite | 300 | 369 | 0.132x | - | - | - | 10.73 | 10.87 | - |")
+    assert (bench.exchange_row(bench.Exchange("postgres", 300, 280.0, 22.0, 40.0, 2.9, 3.0, 2.27), base)
+            == "| postgres | 300 | 280 | 0.100x | 22.0 | 40.0 | 0.500x | 2.90 | 3.00 | 2.27 |")
