@@ -1,7 +1,8 @@
 """End-to-end exchange throughput and latency, as ratios to a bare FastAPI/uvicorn baseline.
 
 Run: ``.venv/bin/python bench/exchange_bench.py`` (needs ``wrk``: ``apt-get install -y wrk``, and for
-PostgreSQL a server at ``$COMITY_TEST_PG_URL``).  In one run:
+PostgreSQL a server at ``$COMITY_TEST_PG_URL``).  It first watches the machine for 2 s and warns,
+naming the busiest processes, if more than 5 % of it is already in use.  In one run:
 
 1. baseline: one uvicorn worker (uvloop + httptools) serving a pydantic-validated 2 KiB JSON POST,
    pinned to CPU 0, loaded by ``wrk -t1 -c32 -d10s`` pinned to CPU 1, ``--baseline-runs`` times (3):
@@ -19,7 +20,7 @@ Prints Markdown tables (with each node's CPU milliseconds per message: below 1,0
 waited rather than worked; on PostgreSQL also the server processes' CPU per message, both
 databases together, read from ``/proc`` when the server runs on this machine).
 ``--profile [wall|gil|idle]`` runs py-spy on both nodes during the bulk phase; ``--concurrency``
-sets the sender's ``worker_concurrency``.
+sets the sender's ``worker_concurrency``; ``--singles 0`` skips the latency run.
 """
 
 from __future__ import annotations
@@ -100,6 +101,43 @@ class Baseline:
 def _ms(text: str) -> float:
     value, unit = re.match(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def _process_ticks() -> dict[str, tuple[str, int]]:
+    """CPU clock ticks so far of every process, by pid, with its name."""
+    ticks = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                name, fields = _stat((entry / "stat").read_text())
+            except OSError:
+                continue  # exited meanwhile
+            ticks[entry.name] = (name, int(fields[11]) + int(fields[12]))
+    return ticks
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, all) CPU clock ticks of the whole machine so far (``/proc/stat``'s first line)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    return sum(values[:8]) - idle, sum(values[:8])
+
+
+def busy_before_start(seconds: float = 2.0, threshold: float = 0.05) -> str | None:
+    """What else is using the CPU before the bench starts, if more than ``threshold`` of the
+    machine: a warning naming the three busiest processes, else None.  Every figure the bench prints
+    assumes it has the machine to itself; other work lowers the rates and raises CPU per message."""
+    procs, (busy, total), started = _process_ticks(), _machine_ticks(), time.monotonic()
+    time.sleep(seconds)
+    procs_after, (busy_after, total_after), elapsed = _process_ticks(), _machine_ticks(), time.monotonic() - started
+    share = (busy_after - busy) / max(total_after - total, 1)
+    if share <= threshold:
+        return None
+    tck = os.sysconf("SC_CLK_TCK")
+    used = sorted(((f"{name} (pid {pid})", (t - procs.get(pid, (name, 0))[1]) / tck / elapsed)
+                   for pid, (name, t) in procs_after.items()), key=lambda nu: nu[1], reverse=True)[:3]
+    return (f"warning: the machine is {share:.0%} busy before the bench starts (busiest: "
+            f"{', '.join(f'{name} {u:.0%} of a core' for name, u in used)}); its figures will read low")
 
 
 def run_baseline(work: Path, duration: int, runs: int) -> tuple[Baseline, list[float], subprocess.Popen[bytes], int]:
@@ -558,6 +596,9 @@ def main() -> None:
         sys.exit("wrk is missing: apt-get install -y wrk")
     if args.profile and not (Path(sys.executable).parent / "py-spy").exists():
         sys.exit(f"--profile needs py-spy: {Path(sys.executable).parent / 'pip'} install py-spy")
+    busy = busy_before_start()
+    if busy:
+        print(busy, file=sys.stderr)
     work = Path(tempfile.mkdtemp(prefix="comity-bench-"))
     base, baseline_runs, server, port = run_baseline(work, args.duration, args.baseline_runs)
     try:

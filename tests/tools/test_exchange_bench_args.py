@@ -50,3 +50,12 @@ def test_a_run_without_latencies_prints_dashes_in_their_columns() -> None:
             == "| sqlite | 300 | 369 | 0.132x | - | - | - | 10.73 | 10.87 | - |")
     assert (bench.exchange_row(bench.Exchange("postgres", 300, 280.0, 22.0, 40.0, 2.9, 3.0, 2.27), base)
             == "| postgres | 300 | 280 | 0.100x | 22.0 | 40.0 | 0.500x | 2.90 | 3.00 | 2.27 |")
+
+
+def test_the_warning_about_a_busy_machine_names_its_busiest_processes() -> None:
+    bench = _bench()
+    assert bench.busy_before_start(seconds=0.2, threshold=1.01) is None  # no machine is over 100 % busy
+    warning = bench.busy_before_start(seconds=0.2, threshold=-1.0)
+    assert warning is not None
+    assert warning.startswith("warning: the machine is ")
+    assert warning.count("% of a core") == 3 and warning.count("(pid ") == 3
