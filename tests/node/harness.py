@@ -169,16 +169,17 @@ class NodeHandle:
         """This node's database, opened from the test process (dispose it after use)."""
         return Database(self.database_url or f"sqlite:///{self.home / 'comity.db'}")
 
-    def make_due(self, *, leases: bool = True) -> None:
-        """Skip the backoff (and, with ``leases``, a dead process's lease): every pending message's next
-        attempt is due now.  ``leases=False`` while the node runs: its worker may have claimed a message
-        already, and freeing that lease would let it claim the message a second time, two attempts at once."""
+    def make_due(self, *, dead_leases: bool = False) -> None:
+        """Skip the backoff: every pending message's next attempt is due now.  ``dead_leases`` also
+        frees the leases, only for a node whose process was killed while it held them: a running
+        worker may have claimed a message already, and freeing that lease would let it claim the
+        message a second time, two attempts at once."""
         db = self.database()
         try:
             with db.write() as session:
                 session.query(Peer).update({Peer.next_attempt_at: 0})
                 due: dict[Any, Any] = {OutboxMessage.next_attempt_at: 0}
-                if leases:
+                if dead_leases:
                     due[OutboxMessage.lease_until] = None
                 session.query(OutboxMessage).filter(OutboxMessage.state.in_(("queued", "sending"))).update(due)
         finally:

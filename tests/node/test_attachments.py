@@ -347,12 +347,12 @@ def test_fifty_megabytes_resume_after_kill_9_of_either_side(tmp_path: Path, back
         assert mid not in [m["id"] for m in b.inbox()]  # the CLI reads the database: b is down
         # back up: the transfer goes on from what the receiver holds; then the sender dies (kill -9)
         b.start(extra_env=slow)
-        a.make_due(leases=False)  # (a runs: it may have claimed the message again already)
+        a.make_due()  # (a runs: its lease, if it claimed the message again already, stands)
         wait_until(lambda: held_chunks(b, "GB-UKCA", mid) >= held_at_kill + 10, 60, "10 more chunks")
         a.kill()
         assert held_chunks(b, "GB-UKCA", mid) < total
+        a.make_due(dead_leases=True)  # the killed process's lease (before a new process can hold one)
         a.start()
-        a.make_due()
         a.wait_for([mid], timeout=120)
         doc = a.status(mid)
         assert doc["attachments"] == {"count": 1, "chunks_total": total, "chunks_acknowledged": total}
