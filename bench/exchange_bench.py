@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,22 +106,13 @@ def _ms(text: str) -> float:
 
 def _process_ticks() -> dict[str, tuple[str, int]]:
     """CPU clock ticks so far of every process, by pid, with its name."""
-    ticks = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                name, fields = _stat((entry / "stat").read_text())
-            except OSError:
-                continue  # exited meanwhile
-            ticks[entry.name] = (name, int(fields[11]) + int(fields[12]))
-    return ticks
+    return {pid: (name, int(fields[11]) + int(fields[12])) for pid, name, fields in _processes()}
 
 
 def _machine_ticks() -> tuple[int, int]:
     """(busy, all) CPU clock ticks of the whole machine so far (``/proc/stat``'s first line)."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]  # idle, iowait
-    return sum(values[:8]) - idle, sum(values[:8])
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return sum(values) - values[3] - values[4], sum(values)  # less idle and iowait
 
 
 def busy_before_start(seconds: float = 2.0, threshold: float = 0.05) -> str | None:
@@ -392,20 +384,23 @@ def cpu_seconds(proc: subprocess.Popen[bytes] | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _processes() -> Iterator[tuple[str, str, list[str]]]:
+    """(pid, name, ``/proc/PID/stat`` fields after the name) of every process running now."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                name, fields = _stat((entry / "stat").read_text())
+            except OSError:
+                continue  # exited meanwhile
+            yield entry.name, name, fields
+
+
 def postgres_cpu_seconds() -> float:
     """User + system CPU seconds of this machine's PostgreSQL server processes so far (the
     postmaster's count includes its children that have exited).  The server is shared: only
     meaningful while the bench is the only thing using it."""
-    total = 0
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            name, fields = _stat((entry / "stat").read_text())
-        except OSError:
-            continue  # exited meanwhile
-        if name == "postgres":
-            total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+    total = sum(int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
+                for _pid, name, fields in _processes() if name == "postgres")
     return total / os.sysconf("SC_CLK_TCK")
 
 
