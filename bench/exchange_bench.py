@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import json
 import os
 import re
@@ -38,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +133,26 @@ def busy_before_start(seconds: float = 2.0, threshold: float = 0.05) -> str | No
             f"{', '.join(f'{name} {u:.0%} of a core' for name, u in used)}); its figures will read low")
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def dies_with_this_process() -> Callable[[], None]:
+    """A ``preexec_fn`` for every process the bench starts: the kernel sends it SIGTERM when the bench
+    dies, even by SIGKILL (a timeout), which used to leave both nodes running idle for hours and
+    disturbing every later measurement.  Linux only, as is the rest of the bench (taskset, /proc).
+    The setting outlives the exec of ``taskset`` and of the node itself."""
+    bench = os.getpid()
+
+    def arm() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+        if os.getppid() != bench:  # the bench died between fork and prctl: nobody would signal us
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return arm
+
+
 def run_baseline(work: Path, duration: int, runs: int) -> tuple[Baseline, list[float], subprocess.Popen[bytes], int]:
     """Start the bare server (left running for --clients) and load it with wrk ``runs`` times; the
     best run is the baseline (noise on a shared machine only ever lowers a run: the best is the
@@ -141,7 +162,7 @@ def run_baseline(work: Path, duration: int, runs: int) -> tuple[Baseline, list[f
     server = subprocess.Popen(
         ["taskset", "-c", "0", sys.executable, "-m", "uvicorn", "bench_app:app", "--port", str(port),
          "--loop", "uvloop", "--http", "httptools", "--workers", "1", "--log-level", "warning", "--no-access-log"],
-        cwd=work, env={**os.environ, "PYTHONPATH": str(work)})
+        cwd=work, env={**os.environ, "PYTHONPATH": str(work)}, preexec_fn=dies_with_this_process())
     wait_port(port)
     script = work / "post.lua"
     script.write_text('wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
@@ -243,7 +264,8 @@ class NodeProc:
         log = (self.home.parent / f"{self.authority}.log").open("ab")
         self.proc = subprocess.Popen(["taskset", "-c", str(cpu), sys.executable, "-m", "node.cli.main", "serve",
                                       "--home", str(self.home), "--insecure-http", "--port", str(self.port)],
-                                     stdout=log, stderr=log, env=self.env, cwd=REPO)
+                                     stdout=log, stderr=log, env=self.env, cwd=REPO,
+                                     preexec_fn=dies_with_this_process())
         wait_port(self.port)
 
     def stop(self) -> None:
@@ -426,7 +448,7 @@ def run_exchange(work: Path, backend: str, n: int, singles: int, profile: str | 
                      "raw", "--output", str(work / f"{backend}-{node.authority}.txt"), "--duration", "20",
                      "--rate", "200", "--nonblocking", "--threads",
                      *{"gil": ["--gil"], "idle": ["--idle"]}.get(profile, [])],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=dies_with_this_process()))
         db = Database(db_url(a))
         first, last = wait_delivered(db, n)
         with db.read() as session:

@@ -2,14 +2,18 @@
 
 Percentiles need at least two samples: ``-n 1`` or ``--singles 1`` used to run the whole bulk
 exchange and then crash in ``statistics.quantiles``; ``--singles 0`` (no latency run, useful when
-profiling) crashed the same way.
+profiling) crashed the same way.  Also: what the bench starts does not outlive it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -59,3 +63,46 @@ def test_the_warning_about_a_busy_machine_names_its_busiest_processes() -> None:
     assert warning is not None
     assert warning.startswith("warning: the machine is ")
     assert warning.count("% of a core") == 3 and warning.count("(pid ") == 3
+
+
+def _alive(pid: int) -> bool:
+    """Running, not a zombie waiting for whoever adopted it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_what_the_bench_starts_dies_with_it_even_under_sigkill(tmp_path: Path) -> None:
+    """A bench killed by a timeout used to leave its two nodes running idle, disturbing later runs.
+    An intermediate process stands for the bench: one child armed as the bench arms its nodes, one
+    not (the old way); after SIGKILL of the intermediate only the armed child is gone."""
+    script = tmp_path / "bench_stand_in.py"
+    script.write_text(
+        "import importlib.util, subprocess, sys, time\n"
+        f"spec = importlib.util.spec_from_file_location('exchange_bench', {str(BENCH)!r})\n"
+        "bench = importlib.util.module_from_spec(spec); sys.modules['exchange_bench'] = bench\n"
+        "spec.loader.exec_module(bench)\n"
+        "sleep = [sys.executable, '-c', 'import time; time.sleep(120)']\n"
+        "armed = subprocess.Popen(sleep, preexec_fn=bench.dies_with_this_process())\n"
+        "plain = subprocess.Popen(sleep)\n"
+        "print(armed.pid, plain.pid, flush=True)\n"
+        "time.sleep(120)\n")
+    stand_in = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    assert stand_in.stdout is not None
+    armed, plain = (int(p) for p in stand_in.stdout.readline().split())
+    try:
+        assert _alive(armed) and _alive(plain)
+        stand_in.kill()
+        stand_in.wait(timeout=30)
+        for _ in range(200):  # bounded: 10 s
+            if not _alive(armed):
+                break
+            time.sleep(0.05)
+        assert not _alive(armed)
+        assert _alive(plain)  # without the bench's preexec_fn a child outlives a killed parent
+    finally:
+        for pid in (armed, plain):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
