@@ -46,6 +46,7 @@ def write_admin_token(ctx: InitContext) -> None:
 def create_database(ctx: InitContext) -> None:
     """Create the database (SQLite in the home unless ``database_url`` says otherwise), run the
     migrations, and log the first keyset."""
+    from ..services.access import cli_actor
     from ..services.trust import record_keyset_issued
     from ..storage.db import Database
     from ..storage.migrate import upgrade_url
@@ -54,7 +55,7 @@ def create_database(ctx: InitContext) -> None:
     db = Database(ctx.settings.db_url)
     try:
         record_keyset_issued(db, version=ctx.keystore.keyset.version, fingerprint=ctx.keystore.fingerprint,
-                             now=ctx.now)
+                             now=ctx.now, actor=cli_actor())
     finally:
         db.dispose()
 
@@ -126,6 +127,7 @@ def rotate(
         raise typer.BadParameter("give at most one of --signing-only, --encryption-only, --identity")
     settings = settings_for(home)
     keystore = open_keystore(settings)
+    from ..services.access import cli_actor
     from ..services.trust import record_keyset_issued
     from ..storage.db import Database
     from ..storage.migrate import check_current
@@ -141,7 +143,7 @@ def rotate(
         )
         # the key files are written first, then the log entry commits
         record_keyset_issued(db, version=version, fingerprint=keystore.fingerprint, now=t, event="keys_rotated",
-                             previous_version=previous)
+                             previous_version=previous, actor=cli_actor())
     finally:
         db.dispose()
     typer.echo(str(version))

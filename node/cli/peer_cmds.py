@@ -14,6 +14,7 @@ from keys.errors import TrustError
 from keys.layout import read_meta
 from keys.truststore import PeerRecord
 
+from ..services.access import cli_actor
 from ..services.peers import delivery_health
 from ..services.trust import pin_peer_card, remove_peer
 from ..services.witness import log_status
@@ -60,7 +61,7 @@ def add(
     own = read_meta(settings.home).authority
     db = open_database(settings)
     try:
-        result = pin_peer_card(db, data, fingerprint.strip(), own_authority=own, now=now())
+        result = pin_peer_card(db, data, fingerprint.strip(), own_authority=own, now=now(), actor=cli_actor())
     finally:
         db.dispose()
     r = result.record
@@ -122,7 +123,7 @@ def remove(
     read_meta(settings.home)
     db = open_database(settings)
     try:
-        remove_peer(db, authority, now=now())
+        remove_peer(db, authority, now=now(), actor=cli_actor())
     finally:
         db.dispose()
     typer.echo(f"removed {authority}")

@@ -75,8 +75,8 @@ def pin_both(a: Side, b: Side) -> None:
     # the keyset cache is per process and keyed by (authority, version, second): tests reuse authorities
     peers_module._keyset_cache.clear()
     now = int(time.time())
-    pin_peer_card(a.db, b.card, b.keystore.fingerprint, own_authority=a.authority, now=now)
-    pin_peer_card(b.db, a.card, a.keystore.fingerprint, own_authority=b.authority, now=now)
+    pin_peer_card(a.db, b.card, b.keystore.fingerprint, own_authority=a.authority, now=now, actor="cli:test")
+    pin_peer_card(b.db, a.card, a.keystore.fingerprint, own_authority=b.authority, now=now, actor="cli:test")
 
 
 def queue_messages(a: Side, to: str, n: int, now: int, *, subject: str = "s", body: str = "b") -> list[str]:

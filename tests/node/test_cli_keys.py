@@ -14,11 +14,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from keys.keystore import Keystore
 from keys.truststore import refresh_peer
 from node.cli.main import main
+from node.services.access import cli_actor
 from node.storage.db import Database
+from node.storage.models import AuditEntry
 from node.storage.trust import DbTrustStore
 from protocol.card import parse_card
 from protocol.keychain import next_keyset, sign_keyset, verify_chain
@@ -225,6 +228,28 @@ def test_peer_add_list_remove(cli: Cli, two_homes: tuple[Path, Path], tmp_path: 
     assert json.loads(cli.ok("peer", "list", "--home", de, "--json")) == []
     code, _, err = cli("peer", "remove", "--home", de, "FR-MJ")
     assert code == 3 and "FR-MJ" in one_error_line(err)
+
+
+def test_peer_and_key_commands_are_admin_actions_in_the_access_log(cli: Cli, two_homes: tuple[Path, Path],
+                                                                     tmp_path: Path) -> None:
+    fr, de = two_homes
+    fp = cli.ok("fingerprint", "--home", fr).strip()
+    cli.ok("peer", "add", "--home", de, "--card", tmp_path / "fr.card", "--fingerprint", fp)
+    cli.ok("keys", "rotate", "--home", de)
+    cli.ok("peer", "remove", "--home", de, "FR-MJ")
+    db = Database(f"sqlite:///{de / 'comity.db'}")
+    try:
+        with db.read() as s:
+            leaves = [json.loads(leaf) for leaf in s.scalars(
+                select(AuditEntry.leaf).where(AuditEntry.log == "access", AuditEntry.event == "admin_action")
+                .order_by(AuditEntry.id))]
+    finally:
+        db.dispose()
+    assert [(e["action"], e["actor"], e.get("peer")) for e in leaves] == [
+        ("keyset_issued", cli_actor(), None),  # init
+        ("peer_pinned", cli_actor(), "FR-MJ"),
+        ("keys_rotated", cli_actor(), None),
+        ("peer_removed", cli_actor(), "FR-MJ")]
 
 
 @pytest.mark.parametrize(("card", "fingerprint", "rule"), [

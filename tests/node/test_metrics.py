@@ -43,7 +43,7 @@ def node(tmp_path: Path) -> Iterator[Node]:
     upgrade_url(settings.db_url)
     n = Node(settings, ks)
     pin_peer_card(n.db, build_card(peer.keyset_docs()), peer.fingerprint, own_authority="GB-UKCA",
-                  now=int(time.time()))
+                  now=int(time.time()), actor="cli:test")
     try:
         yield n
     finally:

@@ -29,7 +29,7 @@ def test_a_claim_leaves_the_excluded_peers_messages_queued(tmp_path: Path, backe
         c = make_side(tmp_path, "DE-BMJ", url)
         try:
             now = int(time.time())
-            pin_peer_card(a.db, c.card, c.keystore.fingerprint, own_authority=a.authority, now=now)
+            pin_peer_card(a.db, c.card, c.keystore.fingerprint, own_authority=a.authority, now=now, actor="cli:test")
             queue_messages(a, b.authority, 5, now)
             queue_messages(a, c.authority, 2, now)
             claims = claim_due_deliveries(a.db, owner="w", now=now, limit=10, exclude={b.authority})
