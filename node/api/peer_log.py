@@ -15,14 +15,15 @@ from typing import Any
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import case, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from protocol.artifacts import LiveKeys
 from protocol.errors import Category, ProtocolError
-from protocol.merkle import consistency_proof, inclusion_proof, proof_to_hex
+from protocol.merkle import proof_to_hex
 
 from ..runtime import Node
+from ..services.log_proofs import StoredTree, TileRoots
 from ..services.peers import peer_keyset
 from ..services.restore import (
     REDELIVER_MAX_BYTES,
@@ -60,14 +61,16 @@ def _newest_size(session: Session) -> int:
                            .order_by(AuditHead.tree_size.desc()).limit(1)).first() or 0
 
 
-def _leaf_hashes(session: Session, size: int) -> list[bytes]:
-    rows = session.scalars(select(AuditEntry.leaf_hash).where(
-        AuditEntry.log == "exchange", AuditEntry.leaf_index.is_not(None), AuditEntry.leaf_index < size,
-    ).order_by(AuditEntry.leaf_index))
-    return [bytes.fromhex(h) for h in rows]
+def _damaged(e: LookupError) -> Response:
+    """A gap in the sequenced log (only an edit of the database makes one): the operator's to fix."""
+    log.error("exchange_log_damaged", detail=str(e)[:200], hint="run comity audit verify")
+    return peer_problem(Category.UNAVAILABLE, error_jws=None, detail="the exchange log cannot give proofs now",
+                        retry_after=300)
 
 
 def register_log_routes(router: APIRouter, node: Node) -> None:
+    roots = TileRoots("exchange")  # this process's tile roots of its own exchange log
+
     @router.get("/comity/v1/log/exchange/head")
     async def log_head() -> Response:
         def load() -> bytes | None:
@@ -90,11 +93,13 @@ def register_log_routes(router: APIRouter, node: Node) -> None:
                 newest = _newest_size(session)
                 if not first <= second <= newest:
                     return f"need 0 <= first <= second <= {newest}, the newest signed head"
-                return _leaf_hashes(session, second) if 0 < first < second else []
-        hashes = await asyncio.to_thread(load)
-        if isinstance(hashes, str):
-            return _malformed(hashes)
-        proof = await asyncio.to_thread(consistency_proof, hashes, first, second) if hashes else []
+                return [] if first in (0, second) else StoredTree(session, roots, second).consistency(first, second)
+        try:
+            proof = await asyncio.to_thread(load)
+        except LookupError as e:
+            return _damaged(e)
+        if isinstance(proof, str):
+            return _malformed(proof)
         return JSONResponse({"first": first, "second": second, "proof": proof_to_hex(proof)})
 
     @router.get("/comity/v1/log/exchange/inclusion")
@@ -107,16 +112,22 @@ def register_log_routes(router: APIRouter, node: Node) -> None:
             with node.db.read() as session:
                 if size > _newest_size(session):
                     return _malformed(f"tree_size {size} is beyond the newest signed head")
-                entry = session.execute(select(AuditEntry.leaf_index, AuditEntry.leaf).where(
-                    AuditEntry.log == "exchange", AuditEntry.envelope_sha256 == sha,
-                    AuditEntry.leaf_index.is_not(None), AuditEntry.leaf_index < size,
-                ).order_by(case((AuditEntry.event == "received", 0), else_=1), AuditEntry.leaf_index).limit(1)).first()
+                # the few entries of one envelope, by its index, chosen here: with the log, the size
+                # bound or the order in SQL, SQLite walked the (log, leaf_index) index instead: O(size)
+                entries = session.execute(select(AuditEntry.log, AuditEntry.leaf_index, AuditEntry.leaf,
+                                                 AuditEntry.event).where(AuditEntry.envelope_sha256 == sha)).all()
+                entry = min((e for e in entries
+                             if e.log == "exchange" and e.leaf_index is not None and e.leaf_index < size),
+                            key=lambda e: (e.event != "received", e.leaf_index), default=None)
                 if entry is None:
                     return _not_found(f"no entry within the first {size} records that envelope")
-                proof = inclusion_proof(_leaf_hashes(session, size), entry.leaf_index, size)
+                proof = StoredTree(session, roots, size).inclusion(entry.leaf_index, size)
                 leaf = base64.urlsafe_b64encode(bytes(entry.leaf)).rstrip(b"=").decode("ascii")
                 return {"leaf": leaf, "leaf_index": entry.leaf_index, "tree_size": size, "proof": proof_to_hex(proof)}
-        doc = await asyncio.to_thread(load)
+        try:
+            doc = await asyncio.to_thread(load)
+        except LookupError as e:
+            return _damaged(e)
         return doc if isinstance(doc, Response) else JSONResponse(doc)
 
     @router.post("/comity/v1/redeliver")

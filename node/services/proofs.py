@@ -1,13 +1,16 @@
 """Proofs over a stored log, and keyset chains checked the archival way — shared by bundles and evidence.
 
-``LevelTree`` keeps every level of perfect subtrees of a log's leaf hashes, so that any number of
-inclusion and consistency proofs (SPEC §9.3) cost O(log² n) each after one O(n) build.
+``SubtreeProofs`` computes inclusion and consistency proofs (SPEC §9.3) from any source of subtree
+roots; ``LevelTree`` keeps every level of perfect subtrees of a log's leaf hashes in memory, so that
+any number of proofs cost O(log² n) each after one O(n) build (``log_proofs`` reads them from the
+database instead, for the peer endpoints and evidence).
 ``archival_chain`` walks a card's keyset chain (SPEC §3.5) without judging expiry: an archive is
 checked years later, when every version has long expired (§3.9, archival rules).
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from itertools import pairwise
 from typing import Any
@@ -19,15 +22,14 @@ from protocol.merkle import EMPTY_ROOT, node_hash
 from protocol.strictjson import canonical
 
 
-class LevelTree:
-    """All perfect-subtree roots of a list of leaf hashes: ``levels[k][i]`` covers ``[i·2^k, (i+1)·2^k)``."""
+class SubtreeProofs(ABC):
+    """RFC 9162 proofs over a tree of ``size`` leaves, given the roots of its aligned perfect subtrees."""
 
-    def __init__(self, leaf_hashes: Sequence[bytes]) -> None:
-        self.size = len(leaf_hashes)
-        self.levels: list[list[bytes]] = [list(leaf_hashes)]
-        while len(self.levels[-1]) > 1:
-            below = self.levels[-1]
-            self.levels.append([node_hash(below[i], below[i + 1]) for i in range(0, len(below) - 1, 2)])
+    size: int
+
+    @abstractmethod
+    def perfect(self, lo: int, n: int) -> bytes:
+        """The root of the perfect subtree of ``n`` (a power of two) leaves from ``lo`` (a multiple of ``n``)."""
 
     def mth(self, lo: int, hi: int) -> bytes:
         """``MTH(D[lo:hi])`` for a range the RFC 9162 recursion produces (``lo`` aligned to its split)."""
@@ -35,7 +37,7 @@ class LevelTree:
         if n == 0:
             return EMPTY_ROOT
         if n & (n - 1) == 0 and lo % n == 0:
-            return self.levels[n.bit_length() - 1][lo // n]
+            return self.perfect(lo, n)
         k = 1 << ((n - 1).bit_length() - 1)
         return node_hash(self.mth(lo, lo + k), self.mth(lo + k, hi))
 
@@ -73,6 +75,30 @@ class LevelTree:
                 lo, m, whole = lo + k, m - k, False
         top_down.reverse()
         return top_down if whole else [self.mth(lo, hi), *top_down]
+
+
+class LevelTree(SubtreeProofs):
+    """All perfect-subtree roots of a list of leaf hashes: ``levels[k][i]`` covers ``[i·2^k, (i+1)·2^k)``."""
+
+    def __init__(self, leaf_hashes: Sequence[bytes]) -> None:
+        self.size = 0
+        self.levels: list[list[bytes]] = [[]]
+        self.extend(leaf_hashes)
+
+    def extend(self, leaf_hashes: Sequence[bytes]) -> None:
+        """Append leaves; only the subtrees they complete are hashed."""
+        self.levels[0].extend(leaf_hashes)
+        self.size = len(self.levels[0])
+        k = 0
+        while len(self.levels[k]) > 1:
+            if k + 1 == len(self.levels):
+                self.levels.append([])
+            below, above = self.levels[k], self.levels[k + 1]
+            above.extend(node_hash(below[i], below[i + 1]) for i in range(2 * len(above), len(below) - 1, 2))
+            k += 1
+
+    def perfect(self, lo: int, n: int) -> bytes:
+        return self.levels[n.bit_length() - 1][lo // n]
 
     def frontier(self, size: int) -> list[bytes]:
         """The compact range of ``D[0:size]``: its perfect-subtree roots, largest (leftmost) first."""

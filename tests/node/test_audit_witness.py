@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from structlog.testing import capture_logs
 
 from node.api.app import build_app
@@ -144,6 +144,31 @@ def test_log_endpoints_answer_per_spec(world: tuple[Side, Side]) -> None:
                                 (upper, 400, "malformed"), (beyond, 400, "malformed")):
         assert r.status_code == status and r.headers["content-type"].startswith("application/problem+json")
         assert r.json()["category"] == category and r.json()["error_jws"] is None
+
+
+def test_a_gap_in_the_log_answers_unavailable_not_a_500(world: tuple[Side, Side]) -> None:
+    """Only an edit of the database leaves a sequenced leaf missing; the endpoints say so and log it."""
+    a, b = world
+    app, _ = peer_app(b)
+    ids = exchange(a, b, 3)
+    size, _, _ = receipts(a, ids)[-1]
+    with b.db.write() as s:
+        s.execute(delete(AuditEntry).where(AuditEntry.log == "exchange", AuditEntry.leaf_index == 1))
+    with b.db.read() as s:
+        sha = s.scalars(select(AuditEntry.envelope_sha256).where(
+            AuditEntry.log == "exchange", AuditEntry.event == "received")).first()
+
+    async def run() -> list[httpx.Response]:
+        async with client(app) as c:
+            return [await c.get(f"/comity/v1/log/exchange/consistency?first=1&second={size}"),
+                    await c.get(f"/comity/v1/log/exchange/inclusion?envelope_sha256={sha}&tree_size={size}")]
+
+    with capture_logs() as logs:
+        answers = asyncio.run(run())
+    for r in answers:
+        assert r.status_code == 503 and r.headers["retry-after"] == "300"
+        assert r.json()["category"] == "unavailable" and "Traceback" not in r.text
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["exchange_log_damaged"] * 2
 
 
 def test_a_declared_restore_requeues_and_is_not_a_forgery(world: tuple[Side, Side]) -> None:
