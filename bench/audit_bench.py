@@ -9,7 +9,8 @@ Run: ``.venv/bin/python bench/audit_bench.py [--entries 1000000] [--messages 200
    times the verification ``comity audit verify`` runs (leaf hashes, derived columns, the tree,
    every signed head, the heads file) — in-process and as the real command, which check a large
    SQLite log in one worker process per usable core, and in-process in one process alone — next to
-   ``leaf_hash`` + ``root_from_leaf_hashes`` over the same leaves in memory.
+   ``leaf_hash`` + ``root_from_leaf_hashes`` over the same leaves in memory; then the peer log
+   endpoints' consistency and inclusion proofs over that log (the first request, then medians).
 2. Posts ``--messages`` pre-sealed envelopes to a receiver (the real peer app and integrator,
    in-process over ASGI, 16 at a time) and counts receipts per second: without, then with, the
    heads-file recorder and the access-log settings record; and the sender's witness recording one
@@ -131,9 +132,53 @@ def bench_verify(root: Path, n: int) -> dict[str, float]:
                           cwd=Path(__file__).resolve().parent.parent, check=False)
     cli_s = time.perf_counter() - t
     assert proc.returncode == 0, proc.stderr
-    return {"entries": n, "seed_s": seeded, "verify_s": verify_s, "one_s": one_s, "memory_s": memory_s, "cli_s": cli_s,
+    return {**bench_proofs(ks, n),
+            "entries": n, "seed_s": seeded, "verify_s": verify_s, "one_s": one_s, "memory_s": memory_s, "cli_s": cli_s,
             "verify_eps": n / verify_s, "one_eps": n / one_s, "memory_eps": n / memory_s, "cli_eps": n / cli_s,
             "cores": usable_cores()}
+
+
+def bench_proofs(ks: Keystore, n: int, requests: int = 50) -> dict[str, float]:
+    """The peer log endpoints over the seeded log (in-process ASGI): the first consistency request,
+    which reads the tile roots, then the median of ``requests`` consistency and inclusion requests
+    at random sizes and leaves."""
+    import random
+    import statistics
+
+    from sqlalchemy import select
+
+    from node.api.app import build_app
+    from node.runtime import Node
+    from node.storage.models import AuditEntry
+
+    node = Node(Settings(home=ks.home), ks)
+    app = build_app(node, peer=True, local=False)
+    pick = random.Random(9)
+    with node.db.read() as session:
+        shas = [session.scalars(select(AuditEntry.envelope_sha256).where(
+            AuditEntry.log == "exchange", AuditEntry.leaf_index == pick.randrange(n))).one() for _ in range(requests)]
+
+    async def timed(client: httpx.AsyncClient, path: str) -> float:
+        t = time.perf_counter()
+        r = await client.get(path)
+        assert r.status_code == 200, r.text
+        return time.perf_counter() - t
+
+    async def run() -> tuple[float, list[float], list[float]]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://p") as c:
+            cold = await timed(c, f"/comity/v1/log/exchange/consistency?first={n // 2}&second={n}")
+            cons = [await timed(c, f"/comity/v1/log/exchange/consistency?first={pick.randrange(1, n)}&second={n}")
+                    for _ in range(requests)]
+            inc = [await timed(c, f"/comity/v1/log/exchange/inclusion?envelope_sha256={sha}&tree_size={n}")
+                   for sha in shas]
+            return cold, cons, inc
+
+    try:
+        cold, cons, inc = asyncio.run(run())
+    finally:
+        node.close()  # its WAL checkpointer too, which otherwise writes into the home being removed
+    return {"proof_cold_s": cold, "consistency_ms": statistics.median(cons) * 1000,
+            "inclusion_ms": statistics.median(inc) * 1000}
 
 
 async def _post_all(app: object, envelopes: list[bytes], concurrency: int = 16) -> float:
@@ -231,6 +276,11 @@ def main() -> None:
               f"{v['one_eps'] / v['memory_eps']:.2f} |")
         print(f"| `comity audit verify --log exchange` (process, incl. start-up) | {v['cli_s']:.2f} | "
               f"{v['cli_eps']:,.0f} | {v['cli_eps'] / v['memory_eps']:.2f} |")
+        print(f"\n## peer log endpoints over the same {v['entries']:,} entries (in-process ASGI)\n")
+        print("| request | time |\n|---|---|")
+        print(f"| first consistency proof (reads the tile roots once) | {v['proof_cold_s']:.2f} s |")
+        print(f"| consistency proof, median of 50 | {v['consistency_ms']:.1f} ms |")
+        print(f"| inclusion proof by envelope hash, median of 50 | {v['inclusion_ms']:.1f} ms |")
         if args.skip_receiver:
             return
         r = bench_receiver(Path(tmp), args.messages)
