@@ -132,6 +132,7 @@ class DeliveryWorker:
     async def run(self, stop: asyncio.Event) -> None:
         async with outbound_client(verify=self.verify_tls, connections=self.concurrency * 2) as client:
             witness = asyncio.create_task(self.witness.run(client, stop))  # peers' logs, redelivery requests
+            stopping = asyncio.create_task(self._wake_on(stop))  # a stop ends the wait below, not the poll
             while not stop.is_set():
                 # cleared before claiming: a wake (a message queued, a delivery done) that arrives while
                 # the claim runs must start another round, not be lost until the next poll
@@ -175,6 +176,11 @@ class DeliveryWorker:
             if self._in_flight:
                 await asyncio.wait(set(self._in_flight), timeout=self.timeout)
             await witness
+            stopping.cancel()
+
+    async def _wake_on(self, stop: asyncio.Event) -> None:
+        await stop.wait()
+        self._wake.set()
 
     def _claim_room(self, free: int, loads: Counter[str]) -> tuple[int, set[str]]:
         """How many messages the next claim may take, and the peers it must leave out, so that no

@@ -107,7 +107,6 @@ def test_a_claim_that_found_nothing_is_not_run_again_until_something_changes(
                 break
             await asyncio.sleep(0.01)
         stop.set()
-        worker._wake.set()  # (the loop would see the stop after its poll)
         await running
         assert worker._nothing_more({"FR-DACG"})  # within the poll: that claim would find nothing ...
         worker.wake()  # ... until a message is queued
@@ -148,8 +147,7 @@ def test_a_message_queued_while_a_claim_runs_is_claimed_without_waiting_for_the_
         running = asyncio.create_task(worker.run(stop))
         await asyncio.sleep(0.3)
         stop.set()
-        worker._wake.set()  # (the loop would see the stop after its poll)
-        await running
+        await asyncio.wait_for(running, timeout=10)  # at once: not after the 30 s poll
 
     asyncio.run(scenario())
     assert len(calls) == 2, calls  # the second at once, not after the 30 s poll; then nothing new
