@@ -119,7 +119,7 @@ class InboxMessage(Base):
     receipt_jws: Mapped[bytes | None] = mapped_column(LargeBinary)
 
     __table_args__ = (
-        UniqueConstraint("sender", "message_id", name="uq_inbox_sender_id"),
+        UniqueConstraint("message_id", "sender", name="uq_inbox_id_sender"),  # look-ups by id alone too
         Index("ix_inbox_entry", "entry_id"),  # the integrator finds the messages of the entries it sequences
     )
 
