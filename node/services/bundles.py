@@ -28,6 +28,7 @@ from protocol.strictjson import canonical, parse_object
 from ..errors import InputError
 from ..storage.models import AuditEntry, AuditHead, Peer, PeerLogFailure
 from .audit import LOGS
+from .log_proofs import leaf_hashes
 from .proofs import LevelTree, archival_chain, check_fingerprint
 
 BUNDLE_VERSION = 1
@@ -74,12 +75,10 @@ def export_bundle(session: Session, out: IO[bytes], *, log: str, authority: str,
     if not 0 <= start <= want <= newest:
         raise InputError(f"need 0 <= --from ({start}) <= --to ({want}) <= {newest}, the newest signed head")
     end = next(h.tree_size for h in heads if h.tree_size >= max(want, start))
-    hashes = [bytes.fromhex(h) for h in session.scalars(
-        select(AuditEntry.leaf_hash).where(AuditEntry.log == log, AuditEntry.leaf_index.is_not(None),
-                                           AuditEntry.leaf_index < newest).order_by(AuditEntry.leaf_index))]
-    if len(hashes) != newest:
-        raise InputError(f"the {log} log has {len(hashes)} entries under a head of {newest}: run `comity audit verify`")
-    tree = LevelTree(hashes)
+    try:
+        tree = LevelTree(leaf_hashes(session, log, 0, newest))
+    except LookupError as e:
+        raise InputError(f"{e}, under a head of {newest}: run `comity audit verify`") from e
     chosen = [h for h in heads if start <= h.tree_size <= end]
     if chosen[-1].tree_size != newest:
         chosen.append(heads[-1])

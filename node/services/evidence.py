@@ -48,7 +48,7 @@ def _sha(data: bytes) -> str:
 def _entry_for(session: Session, *, message_id: str, event: str, envelope_sha256: str,
                receipt_sha256: str | None) -> AuditEntry:
     # the envelope's few entries by its index, chosen here (with the log and the order in SQL, SQLite
-    # walked the (log, leaf_index) index instead: O(log size), as the peer inclusion endpoint did)
+    # walked the (log, leaf_index) index instead, through the whole log, as the peer endpoint did)
     entries = session.scalars(select(AuditEntry).where(AuditEntry.envelope_sha256 == envelope_sha256)).all()
     for entry in sorted((e for e in entries if e.log == "exchange" and e.event == event
                          and e.message_id == message_id and e.leaf_index is not None),

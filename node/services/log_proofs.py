@@ -18,6 +18,8 @@ import threading
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from protocol.merkle import root_from_leaf_hashes
+
 from ..storage.models import AuditEntry
 from .proofs import LevelTree, SubtreeProofs
 
@@ -53,7 +55,7 @@ class TileRoots:
                 lo = self.tree.size
                 hi = min(tiles, lo + _TILES_PER_READ)
                 hashes = leaf_hashes(session, self.log, lo * self.tile, hi * self.tile)
-                self.tree.extend([LevelTree(hashes[i:i + self.tile]).levels[-1][0]
+                self.tree.extend([root_from_leaf_hashes(hashes[i:i + self.tile])
                                   for i in range(0, len(hashes), self.tile)])
             return self.tree
 
