@@ -45,6 +45,14 @@ def client(app: FastAPI) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="https://peer.example")
 
 
+def fetch(app: FastAPI, *paths: str) -> list[httpx.Response]:
+    """GET each of ``paths`` in turn."""
+    async def run() -> list[httpx.Response]:
+        async with client(app) as c:
+            return [await c.get(p) for p in paths]
+    return asyncio.run(run())
+
+
 def receipts(a: Side, ids: list[str]) -> list[tuple[int, str, bytes]]:
     with a.db.read() as s:
         rows = s.execute(select(OutboxMessage.receipt_tree_size, OutboxMessage.receipt_root, OutboxMessage.receipt_jws)
@@ -120,20 +128,17 @@ def test_log_endpoints_answer_per_spec(world: tuple[Side, Side]) -> None:
     with a.db.read() as s:
         sha = s.scalars(select(OutboxMessage.envelope_sha256).where(OutboxMessage.message_id == ids[0])).one()
 
-    async def run() -> list[httpx.Response]:
-        async with client(app) as c:
-            return [await c.get(p) for p in (
-                "/comity/v1/log/exchange/head",
-                f"/comity/v1/log/exchange/inclusion?envelope_sha256={sha}&tree_size={size}",
-                f"/comity/v1/log/exchange/consistency?first=1&second={size}",
-                "/comity/v1/log/exchange/consistency?first=2&second=1",
-                "/comity/v1/log/exchange/consistency?first=x&second=1",
-                f"/comity/v1/log/exchange/inclusion?envelope_sha256={'0' * 64}&tree_size={size}",
-                f"/comity/v1/log/exchange/inclusion?envelope_sha256={sha.upper()}&tree_size={size}",
-                f"/comity/v1/log/exchange/inclusion?envelope_sha256={sha}&tree_size={size + 100}",
-            )]
-
-    head, inc, cons, backwards, junk, unknown, upper, beyond = asyncio.run(run())
+    head, inc, cons, backwards, junk, unknown, upper, beyond = fetch(
+        app,
+        "/comity/v1/log/exchange/head",
+        f"/comity/v1/log/exchange/inclusion?envelope_sha256={sha}&tree_size={size}",
+        f"/comity/v1/log/exchange/consistency?first=1&second={size}",
+        "/comity/v1/log/exchange/consistency?first=2&second=1",
+        "/comity/v1/log/exchange/consistency?first=x&second=1",
+        f"/comity/v1/log/exchange/inclusion?envelope_sha256={'0' * 64}&tree_size={size}",
+        f"/comity/v1/log/exchange/inclusion?envelope_sha256={sha.upper()}&tree_size={size}",
+        f"/comity/v1/log/exchange/inclusion?envelope_sha256={sha}&tree_size={size + 100}",
+    )
     assert head.status_code == 200 and head.headers["content-type"] == "application/jose"
     doc = inc.json()
     leaf = base64.urlsafe_b64decode(doc["leaf"] + "==")
@@ -158,13 +163,9 @@ def test_a_gap_in_the_log_answers_unavailable_not_a_500(world: tuple[Side, Side]
         sha = s.scalars(select(AuditEntry.envelope_sha256).where(
             AuditEntry.log == "exchange", AuditEntry.event == "received")).first()
 
-    async def run() -> list[httpx.Response]:
-        async with client(app) as c:
-            return [await c.get(f"/comity/v1/log/exchange/consistency?first=1&second={size}"),
-                    await c.get(f"/comity/v1/log/exchange/inclusion?envelope_sha256={sha}&tree_size={size}")]
-
     with capture_logs() as logs:
-        answers = asyncio.run(run())
+        answers = fetch(app, f"/comity/v1/log/exchange/consistency?first=1&second={size}",
+                        f"/comity/v1/log/exchange/inclusion?envelope_sha256={sha}&tree_size={size}")
     for r in answers:
         assert r.status_code == 503 and r.headers["retry-after"] == "300"
         assert r.json()["category"] == "unavailable" and "Traceback" not in r.text
