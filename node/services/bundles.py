@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from itertools import pairwise
 from typing import IO, Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from protocol.artifacts import ArchivalKeys
@@ -28,8 +28,8 @@ from protocol.strictjson import canonical, parse_object
 from ..errors import InputError
 from ..storage.models import AuditEntry, AuditHead, Peer, PeerLogFailure
 from .audit import LOGS
-from .log_proofs import leaf_hashes
-from .proofs import LevelTree, archival_chain, check_fingerprint
+from .log_proofs import StoredTree, TileRoots
+from .proofs import archival_chain, check_fingerprint
 
 BUNDLE_VERSION = 1
 BUNDLE_NAMES = frozenset({"comity_bundle", "authority", "log", "card", "from", "frontier", "leaves", "heads",
@@ -75,10 +75,10 @@ def export_bundle(session: Session, out: IO[bytes], *, log: str, authority: str,
     if not 0 <= start <= want <= newest:
         raise InputError(f"need 0 <= --from ({start}) <= --to ({want}) <= {newest}, the newest signed head")
     end = next(h.tree_size for h in heads if h.tree_size >= max(want, start))
-    try:
-        tree = LevelTree(leaf_hashes(session, log, 0, newest))
-    except LookupError as e:
-        raise InputError(f"{e}, under a head of {newest}: run `comity audit verify`") from e
+    held = session.scalar(select(func.count()).where(AuditEntry.log == log, AuditEntry.leaf_index < newest))
+    if held != newest:
+        raise InputError(f"the {log} log has {held} entries under a head of {newest}: run `comity audit verify`")
+    tree = StoredTree(session, TileRoots(log), newest)  # not every leaf hash in memory at once
     chosen = [h for h in heads if start <= h.tree_size <= end]
     if chosen[-1].tree_size != newest:
         chosen.append(heads[-1])

@@ -1,5 +1,5 @@
 """Inclusion and consistency proofs over a stored log, for the peer endpoints (SPEC §10.4) and
-evidence exports, without holding the whole log in memory or reading it per request.
+evidence and bundle exports, without holding the whole log in memory or reading it per request.
 
 Those endpoints answer anyone who reaches the peer listener, and used to read every leaf hash up to
 the requested size (1.6 s and ~1 GB of memory at a million entries, per request).  Leaves never
@@ -7,8 +7,8 @@ change once sequenced, so each process keeps the roots of the log's complete *ti
 of 256 leaves), read once and extended as the log grows; a proof then takes its large subtrees from
 those roots and its small ones from at most a few tiles read from the database (a proof touches the
 tiles at its two edges only).  A restore from a backup rewrites the log's tail, but only with the
-node stopped, and these roots live and die with the node's process.  (An evidence export, a
-command of its own, reads the tile roots afresh, in slices of 65,536 leaves.)
+node stopped, and these roots live and die with the node's process.  (Evidence and bundle exports,
+commands of their own, read the tile roots afresh, in slices of 65,536 leaves.)
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from .proofs import LevelTree, SubtreeProofs
 TILE_LEVEL = 8
 #: tiles whose roots one database read brings in while the cache catches up
 _TILES_PER_READ = 256
+#: tiles of leaves a StoredTree keeps (a bundle's proofs walk the log upwards, head after head)
+_TILES_KEPT = 8
 
 
 def leaf_hashes(session: Session, log: str, lo: int, hi: int) -> list[bytes]:
@@ -43,8 +45,9 @@ def leaf_hashes(session: Session, log: str, lo: int, hi: int) -> list[bytes]:
 class TileRoots:
     """One process's roots of a log's complete tiles, and the subtrees above them."""
 
-    def __init__(self, log: str, tile_level: int = TILE_LEVEL) -> None:
-        self.log, self.tile_level, self.tile = log, tile_level, 1 << tile_level
+    def __init__(self, log: str, tile_level: int | None = None) -> None:
+        self.tile_level = TILE_LEVEL if tile_level is None else tile_level
+        self.log, self.tile = log, 1 << self.tile_level
         self.tree = LevelTree([])  # its leaves are tile roots
         self._lock = threading.Lock()
 
@@ -77,5 +80,7 @@ class StoredTree(SubtreeProofs):
         if tile is None:
             first = t << self._roots.tile_level
             last = min(first + self._roots.tile, self.size)
+            if len(self._tiles) >= _TILES_KEPT:
+                del self._tiles[next(iter(self._tiles))]  # the oldest read
             tile = self._tiles[t] = LevelTree(leaf_hashes(self._session, self._roots.log, first, last))
         return tile.levels[level][(lo - (t << self._roots.tile_level)) // n]

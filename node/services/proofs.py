@@ -41,6 +41,15 @@ class SubtreeProofs(ABC):
         k = 1 << ((n - 1).bit_length() - 1)
         return node_hash(self.mth(lo, lo + k), self.mth(lo + k, hi))
 
+    def frontier(self, size: int) -> list[bytes]:
+        """The compact range of ``D[0:size]``: its perfect-subtree roots, largest (leftmost) first."""
+        nodes, lo = [], 0
+        for bit in reversed(range(size.bit_length())):
+            if size >> bit & 1:
+                nodes.append(self.perfect(lo, 1 << bit))
+                lo += 1 << bit
+        return nodes
+
     def inclusion(self, index: int, tree_size: int) -> list[bytes]:
         """``PATH(index, D[tree_size])``, leaf end first."""
         if not 0 <= index < tree_size <= self.size:
@@ -100,14 +109,6 @@ class LevelTree(SubtreeProofs):
     def perfect(self, lo: int, n: int) -> bytes:
         return self.levels[n.bit_length() - 1][lo // n]
 
-    def frontier(self, size: int) -> list[bytes]:
-        """The compact range of ``D[0:size]``: its perfect-subtree roots, largest (leftmost) first."""
-        nodes, lo = [], 0
-        for bit in reversed(range(size.bit_length())):
-            if size >> bit & 1:
-                nodes.append(self.levels[bit][lo >> bit])
-                lo += 1 << bit
-        return nodes
 
 
 def archival_chain(card: Any, *, authority: str | None = None) -> list[KeysetDocument]:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from node.cli.main import main as comity
+from node.services import log_proofs
 from node.services.access import record_content_read
 from node.services.bundles import export_bundle
 from node.services.evidence import export_evidence
@@ -62,14 +63,19 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                           now=int(time.time()))
         return dict(json.loads(buf.getvalue()))
 
-    out["exchange"] = bundle(a, "exchange")
-    out["partial"] = bundle(b, "exchange", first=5)
-    out["access"] = bundle(b, "access")
-    with a.db.read() as s:
-        out["sent"] = export_evidence(s, ids[1], authority=a.authority, card=a.card, now=int(time.time()))
-    with b.db.read() as s:
-        out["received"] = export_evidence(s, ids[1], authority=b.authority, card=b.card, now=int(time.time()))
-        out["other_receipt"] = bytes(s.query(InboxMessage.receipt_jws).filter_by(message_id=ids[2]).scalar()).decode()
+    with pytest.MonkeyPatch.context() as mp:
+        # tiles of 4 leaves: these small logs' proofs and frontiers then come from tile roots and tiles
+        # as a large log's do (log_proofs), and both independent verifiers check them
+        mp.setattr(log_proofs, "TILE_LEVEL", 2)
+        out["exchange"] = bundle(a, "exchange")
+        out["partial"] = bundle(b, "exchange", first=5)
+        out["access"] = bundle(b, "access")
+        with a.db.read() as s:
+            out["sent"] = export_evidence(s, ids[1], authority=a.authority, card=a.card, now=int(time.time()))
+        with b.db.read() as s:
+            out["received"] = export_evidence(s, ids[1], authority=b.authority, card=b.card, now=int(time.time()))
+            out["other_receipt"] = bytes(s.query(InboxMessage.receipt_jws).filter_by(message_id=ids[2]).scalar()
+                                         ).decode()
     out["dir"] = tmp
     yield out
     a.db.dispose()
