@@ -14,6 +14,7 @@ import pytest
 
 from node.services import log_proofs
 from node.services.log_proofs import StoredTree, TileRoots
+from node.services.proofs import LevelTree
 from node.storage.db import Database
 from node.storage.models import AuditEntry
 from protocol.merkle import consistency_proof, inclusion_proof, leaf_hash
@@ -48,6 +49,7 @@ def test_every_proof_matches_rfc_9162_as_the_log_grows(db: Database, monkeypatch
                 assert tree.consistency(first, size) == consistency_proof(hashes, first, size), (first, size)
             for index in range(size):
                 assert tree.inclusion(index, size) == inclusion_proof(hashes, index, size), (index, size)
+            assert tree.frontier(size) == LevelTree(hashes).frontier(size)  # what a bundle starts from
     assert roots.tree.size == 9  # 36 of the 37 leaves make complete tiles; the 37th is read per request
     hashes += add_leaves(db, 37, 70)  # the cache catches up with a grown log
     with db.read() as session:
