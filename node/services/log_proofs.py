@@ -2,7 +2,7 @@
 evidence and bundle exports, without holding the whole log in memory or reading it per request.
 
 Those endpoints answer anyone who reaches the peer listener, and used to read every leaf hash up to
-the requested size (1.6 s and ~1 GB of memory at a million entries, per request).  Leaves never
+the requested size (1.6 s at a million entries, every request).  Leaves never
 change once sequenced, so each process keeps the roots of the log's complete *tiles* (aligned runs
 of 256 leaves), read once and extended as the log grows; a proof then takes its large subtrees from
 those roots and its small ones from at most a few tiles read from the database (a proof touches the
