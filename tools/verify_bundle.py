@@ -677,12 +677,23 @@ def verify_file(data: bytes, fingerprint: str | None) -> dict[str, Any]:
         return {"ok": False, "category": e.category, "detail": e.detail}
 
 
+def _option_values_joined(argv: list[str]) -> list[str]:
+    """``--fingerprint -Ab…`` as ``--fingerprint=-Ab…``: a base64url fingerprint begins with ``-`` for
+    one node in 64, and argparse would take it for an option and refuse the command."""
+    out: list[str] = []
+    words = iter(argv)
+    for word in words:
+        value = next(words, None) if word == "--fingerprint" else None
+        out.append(word if value is None else f"{word}={value}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Verify a Comity audit bundle or evidence file (SPEC §9.7, §9.8).")
     ap.add_argument("file")
     ap.add_argument("--fingerprint", help="the identity fingerprint the keyset chain must lead from")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = ap.parse_args(argv)
+    args = ap.parse_args(_option_values_joined(sys.argv[1:] if argv is None else argv))
     try:
         with open(args.file, "rb") as f:
             data = f.read()

@@ -190,6 +190,15 @@ def test_fingerprints_pin_the_chain(files: dict[str, Any], name: str, capsys: py
     _agree(cli, standalone, c1, c2, "fingerprint_mismatch")
 
 
+def test_a_fingerprint_beginning_with_a_dash_is_a_value_not_an_option(files: dict[str, Any],
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """One base64url fingerprint in 64 begins with '-': argparse refused ``--fingerprint -Ab…`` (a CI
+    run failed on such a key), where comity's own CLI took it."""
+    path = files["dir"] / "dash.json"
+    path.write_text(json.dumps(files["exchange"]))
+    _agree(*_run_both(path, "-" + files["a"].keystore.fingerprint[1:], capsys), "fingerprint_mismatch")
+
+
 @pytest.mark.parametrize(("text", "expect"), [
     (b'{"comity_bundle":1,"comity_bundle":1}', "malformed"),
     (b'{"comity_bundle":NaN}', "malformed"),
