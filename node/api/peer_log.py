@@ -23,7 +23,7 @@ from protocol.errors import Category, ProtocolError
 from protocol.merkle import proof_to_hex
 
 from ..runtime import Node
-from ..services.log_proofs import StoredTree, TileRoots
+from ..services.log_proofs import StoredTree, TileRoots, sequenced_entries
 from ..services.peers import peer_keyset
 from ..services.restore import (
     REDELIVER_MAX_BYTES,
@@ -31,7 +31,7 @@ from ..services.restore import (
     requeue_for_restored_peer,
     verify_redelivery_request,
 )
-from ..storage.models import AuditEntry, AuditHead, Peer
+from ..storage.models import AuditHead, Peer
 from .problems import MEDIA_PROBLEM, peer_problem
 
 log = structlog.get_logger("comity.api")
@@ -112,14 +112,9 @@ def register_log_routes(router: APIRouter, node: Node) -> None:
             with node.db.read() as session:
                 if size > _newest_size(session):
                     return _malformed(f"tree_size {size} is beyond the newest signed head")
-                # the few entries of one envelope, by its index, chosen here: with the log, the size
-                # bound or the order in SQL, SQLite walked the (log, leaf_index) index instead: O(size)
-                entries = session.execute(select(AuditEntry.log, AuditEntry.leaf_index, AuditEntry.leaf,
-                                                 AuditEntry.event).where(AuditEntry.envelope_sha256 == sha)).all()
-                entry = min((e for e in entries
-                             if e.log == "exchange" and e.leaf_index is not None and e.leaf_index < size),
-                            key=lambda e: (e.event != "received", e.leaf_index), default=None)
-                if entry is None:
+                entry = min((e for e in sequenced_entries(session, "exchange", sha) if (e.leaf_index or 0) < size),
+                            key=lambda e: (e.event != "received", e.leaf_index or 0), default=None)
+                if entry is None or entry.leaf_index is None:
                     return _not_found(f"no entry within the first {size} records that envelope")
                 proof = StoredTree(session, roots, size).inclusion(entry.leaf_index, size)
                 leaf = base64.urlsafe_b64encode(bytes(entry.leaf)).rstrip(b"=").decode("ascii")

@@ -30,7 +30,7 @@ from protocol.receipts import RECEIPT_TYP, parse_receipt, verify_receipt
 from ..errors import InputError, NotFoundError
 from ..storage.models import AuditEntry, AuditHead, InboxMessage, OutboxMessage, Peer
 from .bundles import check_leaf
-from .log_proofs import StoredTree, TileRoots
+from .log_proofs import StoredTree, TileRoots, sequenced_entries
 from .peers import chain_docs
 from .proofs import archival_chain, check_fingerprint
 
@@ -47,11 +47,8 @@ def _sha(data: bytes) -> str:
 
 def _entry_for(session: Session, *, message_id: str, event: str, envelope_sha256: str,
                receipt_sha256: str | None) -> AuditEntry:
-    # the envelope's few entries by its index, chosen here (with the log and the order in SQL, SQLite
-    # walked the (log, leaf_index) index instead, through the whole log, as the peer endpoint did)
-    entries = session.scalars(select(AuditEntry).where(AuditEntry.envelope_sha256 == envelope_sha256)).all()
-    for entry in sorted((e for e in entries if e.log == "exchange" and e.event == event
-                         and e.message_id == message_id and e.leaf_index is not None),
+    for entry in sorted((e for e in sequenced_entries(session, "exchange", envelope_sha256)
+                         if e.event == event and e.message_id == message_id),
                         key=lambda e: e.leaf_index or 0, reverse=True):
         if receipt_sha256 is None or json.loads(entry.leaf).get("receipt_sha256") == receipt_sha256:
             return entry

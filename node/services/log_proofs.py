@@ -42,6 +42,15 @@ def leaf_hashes(session: Session, log: str, lo: int, hi: int) -> list[bytes]:
     return hashes
 
 
+def sequenced_entries(session: Session, log: str, envelope_sha256: str) -> list[AuditEntry]:
+    """The sequenced entries of ``log`` that record one envelope (a few), found by the envelope's index.
+
+    Only the hash is in SQL: with the log, a bound on the leaf index or an order there too, SQLite
+    planned on the ``(log, leaf_index)`` index instead and walked the whole log."""
+    rows = session.scalars(select(AuditEntry).where(AuditEntry.envelope_sha256 == envelope_sha256)).all()
+    return [e for e in rows if e.log == log and e.leaf_index is not None]
+
+
 class TileRoots:
     """One process's roots of a log's complete tiles, and the subtrees above them."""
 
